@@ -1,0 +1,102 @@
+"""The Method contract.
+
+A method is a plug-in (entry-point group `workbench.methods`). Its class
+attributes and `schema` are read in the notebook kernel, so a method module
+must import its backend library only inside `build()`: listing methods stays
+instant and a missing library shows as "unavailable", not as an ImportError.
+
+`build()` runs in a worker process, inside the method's environment family.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+from ..errors import ParamError
+from ..params import Schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models.catalog import ModelInfo
+    from ..spec import RunSpec
+
+
+@dataclass
+class Built:
+    """What `Method.build` returns: a runnable model and an honest account of what was done.
+
+    model: an HF-style callable: `model(input_ids=..., attention_mask=...)` returns an
+        object with `.logits` (causal LMs) or `.last_hidden_state` (encoders); causal LMs
+        also offer `.generate(...)`.
+    layers_quantized / layers_eligible: counted on the model, never assumed.
+    kernel: the runtime path actually used (e.g. "torch fp32 eager",
+        "rtn dequantize-on-the-fly (reference)").
+    weights_bytes: bytes of the weights as stored by the backend; None lets the
+        measurement count the tensors held by a torch model (packed buffers included).
+    weights_bytes_claimed: what the backend itself reports (e.g. `get_memory_footprint()`),
+        kept next to the measured figure where they may differ.
+    save: writes a reloadable artifact to a directory (for the on-disk size);
+        None with `cannot_save` giving the reason.
+    """
+
+    model: Any
+    layers_quantized: int
+    layers_eligible: int
+    kernel: str
+    weights_bytes: int | None = None
+    weights_bytes_claimed: int | None = None
+    save: Callable[[Path], None] | None = None
+    cannot_save: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Method(ABC):
+    """Base class of every quantization method (and of the unquantized baseline)."""
+
+    name: ClassVar[str]
+    backend: ClassVar[str]
+    env: ClassVar[str] = "torch"
+    description: ClassVar[str] = ""
+    schema: ClassVar[Schema] = Schema()
+    # Distributions that must be installed in the method's environment.
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str] = ""
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    model_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "encoder")
+    # False for methods that leave the weights as they are (the baseline).
+    quantizes: ClassVar[bool] = True
+
+    def check_model(self, params: Mapping[str, Any], model: "ModelInfo") -> list[ParamError]:
+        """Checks of the parameters against the model's shapes, without torch.
+
+        Runs in the kernel before any worker starts (e.g. a group size that does
+        not divide a layer's input dimension).
+        """
+        return []
+
+    def unavailable_reason(self, params: Mapping[str, Any], device: str) -> str | None:
+        """Why this configuration cannot run on `device`, or None. Torch-free."""
+        return None
+
+    @abstractmethod
+    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+        """Load and quantize the model (in the worker). `ctx` is a `workbench.worker.BuildContext`."""
+
+    def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        """The plain code a user would write for this configuration without the workbench."""
+        return f"# {self.name}: no code template yet\n"
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "backend": cls.backend,
+            "env": cls.env,
+            "description": cls.description,
+            "devices": list(cls.devices),
+            "model_kinds": list(cls.model_kinds),
+            "requires": list(cls.requires),
+            "install_hint": cls.install_hint,
+            "params": cls.schema.describe(),
+        }

@@ -1,0 +1,36 @@
+"""Where the workbench keeps its files.
+
+Everything lives under one home directory, `$WORKBENCH_HOME` (default
+`~/.cache/workbench`): backend environments, converted embedded models,
+tiny test models and cached baseline outputs. The Makefile points it at
+`.workbench/` inside the checkout so a clone is self-contained.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_STORE = Path("results") / "workbench.sqlite"
+
+
+def home() -> Path:
+    """The workbench home directory (created on first use)."""
+    raw = os.environ.get("WORKBENCH_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "workbench")
+    path = Path(raw).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def subdir(name: str) -> Path:
+    """A named directory under the home (`envs`, `models`, `reference`, ...)."""
+    path = home() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The results store: the explicit path, else `$WORKBENCH_STORE`, else results/workbench.sqlite."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("WORKBENCH_STORE")
+    return Path(env) if env else DEFAULT_STORE

@@ -1,0 +1,190 @@
+"""Results: what a run produced, successful or not.
+
+Errors are data: invalid parameters, an unavailable backend, a crash, a timeout
+or running out of memory each become a `RunResult` with a status and a message,
+stored like any other result.
+
+Pure standard library: importable in the notebook kernel.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any, Mapping
+
+
+class RunStatus(str, Enum):
+    OK = "ok"
+    FLAGGED = "flagged"  # ran, but a check failed (e.g. an export that does not match the baseline)
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    CANCELLED = "cancelled"
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (RunStatus.OK, RunStatus.FLAGGED)
+
+
+# Metrics every result may carry; the JSON contract of `workbench run --json`.
+METRIC_NAMES = (
+    "weights_bytes",
+    "weights_bytes_claimed",
+    "disk_bytes",
+    "peak_rss_bytes",
+    "cuda_max_allocated_bytes",
+    "perplexity",
+    "kl_div",
+    "top1_agreement",
+    "embedding_cosine",
+    "embedding_cosine_min",
+    "forward_ms",
+    "prefill_tok_s",
+    "decode_tok_s",
+    "generate_tok_s",
+    "load_s",
+    "quantize_s",
+    "params_count",
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Repeated timings of one thing: median and spread, never a single sample."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def spread(self) -> float:
+        """Max minus min: the honest spread over a handful of repeats."""
+        return max(self.values) - min(self.values)
+
+    @property
+    def rel_spread(self) -> float:
+        m = self.median
+        return self.spread / m if m else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "min": min(self.values), "max": max(self.values), "n": len(self.values)}
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run. `to_dict()` is the JSON contract of the CLI."""
+
+    key: str
+    status: RunStatus
+    spec: dict[str, Any]
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    layers_quantized: int | None = None
+    layers_eligible: int | None = None
+    kernel: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    stderr_tail: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    duration_s: float | None = None
+    cached: bool = False
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+
+    # Convenience views of the spec
+    @property
+    def model(self) -> str:
+        m = self.spec.get("model", {})
+        return m.get("id", "") if isinstance(m, Mapping) else str(m)
+
+    @property
+    def method(self) -> str:
+        return self.spec.get("method", "")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.spec.get("params", {}))
+
+    @property
+    def ok(self) -> bool:
+        return self.status.succeeded
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["model"] = self.model
+        d["method"] = self.method
+        d["params"] = self.params
+        return d
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, **kw)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunResult":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def failure(cls, spec: Mapping[str, Any], key: str, status: RunStatus, error: str, **kw: Any) -> "RunResult":
+        return cls(key=key, status=status, spec=dict(spec), error=error, **kw)
+
+    def to_row(self) -> dict[str, Any]:
+        """One flat row for pandas: identity, status, every metric, layer counts."""
+        row: dict[str, Any] = {
+            "key": self.key,
+            "model": self.model,
+            "method": self.method,
+            "params": json.dumps(self.params, sort_keys=True),
+            "label": label(self.method, self.params),
+            "status": self.status.value,
+            "device": self.spec.get("device", "cpu"),
+            "layers_quantized": self.layers_quantized,
+            "layers_eligible": self.layers_eligible,
+            "kernel": self.kernel,
+            "error": self.error,
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+        }
+        for name in METRIC_NAMES:
+            row[name] = self.metrics.get(name)
+        return row
+
+
+def label(method: str, params: Mapping[str, Any]) -> str:
+    """A short name for a configuration, e.g. `rtn bits=4 group_size=64 sym`."""
+    parts = [method]
+    for k, v in sorted(params.items()):
+        if isinstance(v, bool):
+            if v:
+                parts.append(k)
+        elif isinstance(v, (list, tuple)):
+            if v:
+                parts.append(f"{k}={'|'.join(map(str, v))}")
+        elif v is not None:
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Enum):
+        return o.value
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
