@@ -1,0 +1,236 @@
+"""Backend environment families: creation, status and the interpreter a worker runs with.
+
+The backends cannot share one set of pins (BACKENDS.md), so each method names an
+environment family and the worker runs with that family's interpreter. The
+pinned requirement files ship inside the package (`workbench/envs/NAME.txt`,
+plus `NAME-nodeps.txt` for packages installed with --no-deps).
+
+Environments live in `$WORKBENCH_HOME/envs/NAME`. `WORKBENCH_ENV_<NAME>=/path/to/python`
+points a family at an existing interpreter instead.
+
+Torch-free: only the standard library (and tqdm for the progress bar).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import paths
+from ..errors import EnvironmentUnavailable, InvalidSpec
+
+HERE = Path(__file__).parent
+
+# "kernel" is the interpreter running the workbench itself (tests, light methods).
+KERNEL = "kernel"
+
+
+@dataclass(frozen=True)
+class EnvFamily:
+    """A named, pinned set of requirements."""
+
+    name: str
+    description: str
+    check: str  # a python statement that must succeed in a healthy environment
+
+    @property
+    def requirements(self) -> Path:
+        return HERE / f"{self.name}.txt"
+
+    @property
+    def nodeps(self) -> Path | None:
+        p = HERE / f"{self.name}-nodeps.txt"
+        return p if p.exists() else None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for p in (self.requirements, self.nodeps):
+            if p is not None:
+                h.update(p.read_bytes())
+        return h.hexdigest()[:16]
+
+
+FAMILIES: dict[str, EnvFamily] = {
+    "torch": EnvFamily(
+        "torch",
+        "PyTorch 2.13 CPU, transformers 5.x and the torch-side backends; the embedded models",
+        "import torch, transformers, safetensors, gguf",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EnvStatus:
+    name: str
+    state: str  # ready | missing | stale | external
+    python: str | None
+    path: str | None
+    reason: str = ""
+    created_at: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in ("ready", "external", "stale")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def family(name: str) -> EnvFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InvalidSpec(f"unknown environment {name!r}; allowed: {', '.join(FAMILIES)}") from None
+
+
+def env_dir(name: str) -> Path:
+    return paths.subdir("envs") / name
+
+
+def _override(name: str) -> str | None:
+    return os.environ.get(f"WORKBENCH_ENV_{name.upper()}")
+
+
+def status(name: str) -> EnvStatus:
+    """What state the environment is in, without starting its interpreter."""
+    if name == KERNEL:
+        return EnvStatus(KERNEL, "external", sys.executable, None, "the interpreter running the workbench")
+    fam = family(name)
+    override = _override(name)
+    if override:
+        ok = Path(override).exists()
+        return EnvStatus(name, "external" if ok else "missing", override if ok else None, None,
+                         f"WORKBENCH_ENV_{name.upper()}={override}" + ("" if ok else " does not exist"))
+    d = env_dir(name)
+    py = d / "bin" / "python"
+    manifest = d / "workbench-env.json"
+    if not py.exists() or not manifest.exists():
+        return EnvStatus(name, "missing", None, str(d), f"not created: run `workbench env create {name}`")
+    meta = json.loads(manifest.read_text())
+    if meta.get("fingerprint") != fam.fingerprint():
+        return EnvStatus(name, "stale", str(py), str(d),
+                         f"requirements changed since creation: run `workbench env create {name}` to update",
+                         meta.get("created_at"))
+    return EnvStatus(name, "ready", str(py), str(d), "", meta.get("created_at"))
+
+
+def list_envs() -> list[EnvStatus]:
+    return [status(n) for n in FAMILIES]
+
+
+def python_for(name: str) -> str:
+    """The interpreter for a family, or EnvironmentUnavailable saying how to create it."""
+    st = status(name)
+    if not st.ready or st.python is None:
+        raise EnvironmentUnavailable(f"environment {name!r} is unavailable: {st.reason}")
+    return st.python
+
+
+def site_packages(name: str) -> list[Path]:
+    """site-packages directories of an environment (for torch-free availability checks)."""
+    st = status(name)
+    if st.python is None:
+        return []
+    if name == KERNEL or st.state == "external":
+        root = Path(st.python).resolve().parent.parent
+    else:
+        root = Path(st.path or "")
+    return sorted(root.glob("lib/python3*/site-packages"))
+
+
+def installed(name: str) -> dict[str, str]:
+    """{normalized distribution name: version} installed in an environment, read from dist-info, no import."""
+    from importlib.metadata import distributions
+
+    if name == KERNEL:
+        dists = distributions()
+    else:
+        dirs = [str(p) for p in site_packages(name)]
+        if not dirs:
+            return {}
+        dists = distributions(path=dirs)
+    out: dict[str, str] = {}
+    for d in dists:
+        n = d.metadata.get("Name")
+        if n:
+            out[normalize(n)] = d.version
+    return out
+
+
+def normalize(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def create(name: str, *, progress: bool = True, log: Callable[[str], None] | None = None) -> EnvStatus:
+    """Create (or update in place) an environment from its pinned files, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    fam = family(name)
+    d = env_dir(name)
+    steps = ["virtual environment", "pinned requirements"] + (["no-deps packages"] if fam.nodeps else []) + ["check"]
+    bar = tqdm(total=len(steps), desc=f"env {name}", unit="step", disable=not progress)
+
+    def run(cmd: list[str], what: str) -> None:
+        bar.set_postfix_str(what)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-40:]
+            m = re.match(r"(Collecting|Installing collected packages:|Successfully installed)\s*(\S*)", line)
+            if m:
+                bar.set_postfix_str(f"{what}: {m.group(1).split()[0].lower()} {m.group(2)}"[:70])
+            if log:
+                log(line)
+        if proc.wait() != 0:
+            bar.close()
+            raise EnvironmentUnavailable(f"creating environment {name!r} failed at '{what}':\n" + "\n".join(tail))
+        bar.update(1)
+
+    py = d / "bin" / "python"
+    if not py.exists():
+        run([sys.executable, "-m", "venv", str(d)], "virtual environment")
+    else:
+        bar.update(1)
+    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+    run(pip + ["-r", str(fam.requirements)], "pinned requirements")
+    if fam.nodeps:
+        run(pip + ["--no-deps", "-r", str(fam.nodeps)], "no-deps packages")
+    run([str(py), "-c", fam.check], "check")
+    bar.close()
+    manifest = {
+        "family": name,
+        "fingerprint": fam.fingerprint(),
+        "created_at": time.time(),
+        "python": str(py),
+    }
+    (d / "workbench-env.json").write_text(json.dumps(manifest, indent=2))
+    return status(name)
+
+
+def worker_pythonpath() -> str:
+    """A directory holding only the `workbench` package, for PYTHONPATH in workers.
+
+    The worker's environment must not see the kernel environment's site-packages,
+    only this package, so a shim directory with a symlink to the package is used.
+    """
+    pkg = Path(__file__).resolve().parent.parent
+    tag = hashlib.sha256(str(pkg).encode()).hexdigest()[:12]
+    shim = paths.subdir("shim") / tag
+    link = shim / "workbench"
+    if not (link.is_symlink() and link.resolve() == pkg):
+        shim.mkdir(parents=True, exist_ok=True)
+        tmp = shim / f".workbench.{os.getpid()}"
+        if tmp.is_symlink():
+            tmp.unlink()
+        tmp.symlink_to(pkg, target_is_directory=True)
+        os.replace(tmp, link)
+    return str(shim)

@@ -1,0 +1,19 @@
+"""Run the worker function in this process: for tests and debugging.
+
+It needs torch (and the backend) importable here and gives no isolation: a
+segfault takes the caller down, and peak memory includes the caller's. Use the
+subprocess executor for anything you want to compare.
+"""
+from __future__ import annotations
+
+from ..result import RunResult
+from ..spec import RunSpec
+from .base import Progress
+
+
+class InlineExecutor:
+    def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None) -> RunResult:
+        from .. import worker
+
+        report = (lambda s, f=None, m="": progress(s, f, m)) if progress else (lambda *a, **k: None)
+        return worker.run_spec(spec, target, report=report)

@@ -1,0 +1,147 @@
+"""The default executor: one fresh worker process per run.
+
+The worker runs with the interpreter of the method's environment family, in
+its own process group (so a timeout or a cancel kills everything it started),
+with a timeout. Its progress lines drive a callback; a missing result file or
+a non-zero exit becomes a crashed / timeout / oom result with the output tail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from ..envs import manager as envs
+from ..result import RunResult, RunStatus
+from ..spec import RunSpec
+from .base import Progress
+
+DEFAULT_TIMEOUT_S = 3600.0
+TAIL_LINES = 60
+_OOM_MARKERS = ("MemoryError", "out of memory", "Cannot allocate memory", "std::bad_alloc")
+
+
+class SubprocessExecutor:
+    """Runs `python -m workbench.worker` in the method's environment."""
+
+    def __init__(self, default_timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.default_timeout_s = default_timeout_s
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def cancel(self, key: str) -> bool:
+        """Kill the worker running spec `key` (and its children). True if one was running."""
+        with self._lock:
+            proc = self._procs.get(key)
+            if proc is None:
+                return False
+            self._cancelled.add(key)
+        _kill_group(proc)
+        return True
+
+    def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None) -> RunResult:
+        python = envs.python_for(env)
+        timeout = spec.timeout_s or self.default_timeout_s
+        with tempfile.TemporaryDirectory(prefix="wb-exec-") as tmp:
+            req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
+            req.write_text(json.dumps({"spec": spec.to_dict(), "target": target}))
+            child_env = dict(os.environ)
+            # Only the workbench package, not the kernel environment's site-packages.
+            child_env["PYTHONPATH"] = envs.worker_pythonpath()
+            child_env["PYTHONUNBUFFERED"] = "1"
+            child_env.pop("PYTHONHOME", None)
+            started = time.time()
+            proc = subprocess.Popen(
+                [python, "-m", "workbench.worker", str(req), str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                env=child_env,
+                start_new_session=True,
+            )
+            with self._lock:
+                self._procs[spec.key] = proc
+            tail: deque[str] = deque(maxlen=TAIL_LINES)
+            reader = threading.Thread(target=_read, args=(proc, tail, progress), daemon=True)
+            reader.start()
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+                proc.wait()
+            finally:
+                # The worker may have left children in its group (e.g. the reference subprocess).
+                _kill_group(proc)
+                reader.join(timeout=5)
+                with self._lock:
+                    self._procs.pop(spec.key, None)
+                    cancelled = spec.key in self._cancelled
+                    self._cancelled.discard(spec.key)
+            text_tail = "\n".join(tail)
+            duration = time.time() - started
+            if cancelled:
+                return _failure(spec, RunStatus.CANCELLED, "cancelled by the user", text_tail, started, duration)
+            if timed_out:
+                return _failure(spec, RunStatus.TIMEOUT, f"the worker did not finish within {timeout:g} s and was killed",
+                                text_tail, started, duration)
+            if out.exists() and proc.returncode == 0:
+                result = RunResult.from_json(out.read_text())
+                if not result.ok:
+                    result.stderr_tail = text_tail
+                return result
+            return _failure(spec, *_classify(proc.returncode, text_tail), text_tail, started, duration)
+
+
+def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None) -> None:
+    from ..worker import PROGRESS_PREFIX
+
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith(PROGRESS_PREFIX):
+            if progress is not None:
+                try:
+                    ev = json.loads(line[len(PROGRESS_PREFIX):])
+                    progress(ev.get("stage", ""), ev.get("fraction"), ev.get("message", ""))
+                except Exception:  # noqa: BLE001 - a broken progress line or callback must not kill the run
+                    pass
+            continue
+        tail.append(line)
+
+
+def _classify(returncode: int | None, tail: str) -> tuple[RunStatus, str]:
+    if returncode is not None and returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        if sig == signal.SIGKILL:
+            return RunStatus.CRASHED, (
+                "the worker was killed by SIGKILL (the kernel's out-of-memory killer sends it when memory runs out)"
+            )
+        what = {signal.SIGSEGV: " (segmentation fault in native code)", signal.SIGABRT: " (abort in native code)"}
+        return RunStatus.CRASHED, f"the worker died from {name}{what.get(sig, '')}"
+    if any(m in tail for m in _OOM_MARKERS):
+        return RunStatus.OOM, f"the worker ran out of memory (exit code {returncode})"
+    return RunStatus.CRASHED, f"the worker exited with code {returncode} without writing a result"
+
+
+def _failure(spec: RunSpec, status: RunStatus, error: str, tail: str, started: float, duration: float) -> RunResult:
+    return RunResult.failure(spec.to_dict(), spec.key, status, error, stderr_tail=tail,
+                             started_at=started, duration_s=duration)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

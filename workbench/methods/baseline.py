@@ -1,0 +1,49 @@
+"""The unquantized model: the reference every other run is compared against."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..params import Param, Schema
+from .base import Built, Method
+
+
+class Baseline(Method):
+    """The model as loaded, in fp32 (the reference), bf16 or fp16. Nothing is quantized."""
+
+    name = "baseline"
+    backend = "pytorch"
+    env = "torch"
+    description = "Unquantized model in PyTorch (fp32 is the reference for KL, top-1 and cosine)."
+    devices = ("cpu", "cuda")
+    quantizes = False
+    schema = Schema((
+        Param("dtype", "choice", "float32", choices=("float32", "bfloat16", "float16"),
+              help="Weight and compute dtype. float32 is the reference other runs are compared with."),
+    ))
+
+    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+        model = ctx.load_model(params["dtype"])
+        import torch
+
+        eligible = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+        def save(path: Path) -> None:
+            model.save_pretrained(path, safe_serialization=True)
+
+        return Built(
+            model=model,
+            layers_quantized=0,
+            layers_eligible=eligible,
+            kernel=f"torch {params['dtype']} eager",
+            weights_bytes_claimed=int(model.get_memory_footprint()),
+            save=save,
+        )
+
+    def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        return (
+            "import torch\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.{params.get('dtype', 'float32')})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+        )

@@ -1,0 +1,224 @@
+"""The one API for the UI, notebooks and the CLI: validate -> cache -> execute -> store.
+
+    from workbench.session import Session
+    s = Session()                                   # results/workbench.sqlite, subprocess workers
+    r = s.run("smollm2-135m", "rtn", {"bits": 4, "group_size": 64})
+    s.dataframe()
+
+Validation happens here, in the kernel, before any worker starts: every
+parameter error at once (naming the parameter and what is allowed), shape
+checks against the model's config, device and environment availability.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from . import registry
+from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
+from .exec import Executor, Progress, get_executor
+from .paths import store_path
+from .result import RunResult, RunStatus
+from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec
+from .store import ResultStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+# (field, minimum, maximum) for the numeric fields of DataSpec and BenchSpec.
+_DATA_LIMITS = {
+    "eval_windows": (1, 10_000),
+    "window": (8, 32_768),
+    "calib_samples": (1, 100_000),
+    "calib_seq_len": (8, 32_768),
+    "embed_sentences": (1, 100_000),
+}
+_BENCH_LIMITS = {
+    "seq_len": (1, 32_768),
+    "decode_tokens": (2, 4096),
+    "warmup": (0, 100),
+    "repeats": (1, 1000),
+    "threads": (1, 1024),
+    "memory_limit_mb": (64, 10_000_000),
+}
+_BENCH_LISTS = ("batch_sizes", "prompt_lengths", "generate_batch_sizes")
+
+
+def cuda_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, checked without torch."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+def spec_field_errors(spec: RunSpec) -> list[ParamError]:
+    """Range checks of the data and bench fields (torch-free)."""
+    errors: list[ParamError] = []
+    for obj, prefix, limits in ((spec.data, "data", _DATA_LIMITS), (spec.bench, "bench", _BENCH_LIMITS)):
+        for name, (lo, hi) in limits.items():
+            v = getattr(obj, name)
+            if v is None and name in ("threads", "memory_limit_mb"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                errors.append(ParamError(f"{prefix}.{name}", f"got {v!r}; allowed: an integer in [{lo}, {hi}]"))
+    for name in _BENCH_LISTS:
+        v = getattr(spec.bench, name)
+        if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in v):
+            errors.append(ParamError(f"bench.{name}", f"got {v!r}; allowed: a non-empty list of integers in [1, 4096]"))
+    for name in ("latency", "accuracy", "save"):
+        if not isinstance(getattr(spec.bench, name), bool):
+            errors.append(ParamError(f"bench.{name}", "allowed: true or false"))
+    if spec.timeout_s is not None and not (isinstance(spec.timeout_s, (int, float)) and spec.timeout_s > 0):
+        errors.append(ParamError("timeout_s", f"got {spec.timeout_s!r}; allowed: a positive number of seconds"))
+    return errors
+
+
+class Session:
+    """Validates specs, reuses stored results, runs the rest and stores every outcome."""
+
+    def __init__(
+        self,
+        store: ResultStore | str | os.PathLike[str] | None = None,
+        executor: Executor | str = "subprocess",
+        progress: bool = True,
+    ):
+        self.store = store if isinstance(store, ResultStore) else ResultStore(store_path(store))
+        self.executor = get_executor(executor) if isinstance(executor, str) else executor
+        self.progress = progress
+
+    # --- building and validating specs ---------------------------------------
+    @staticmethod
+    def make_spec(
+        model: str | ModelSpec,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        data: DataSpec | Mapping[str, Any] | None = None,
+        bench: BenchSpec | Mapping[str, Any] | None = None,
+        device: str = "cpu",
+        timeout_s: float | None = None,
+        **model_options: Any,
+    ) -> RunSpec:
+        """A RunSpec from plain values (dicts for data/bench are accepted)."""
+        m = model if isinstance(model, ModelSpec) else ModelSpec(id=str(model), **model_options)
+        d = data if isinstance(data, DataSpec) or data is None else _dataclass_from(DataSpec, data, "data")
+        b = bench if isinstance(bench, BenchSpec) or bench is None else _dataclass_from(BenchSpec, bench, "bench")
+        return RunSpec(model=m, method=method, params=dict(params or {}), data=d or DataSpec(),
+                       bench=b or BenchSpec(), device=device, timeout_s=timeout_s)
+
+    def validate(self, spec: RunSpec) -> RunSpec:
+        """The spec with normalized parameters, or an exception listing every problem.
+
+        Raises UnknownMethod / InvalidParams / ModelNotFound (exit code 2) or
+        MethodUnavailable (exit code 4). Starts no worker, imports no torch.
+        """
+        from .models import catalog
+
+        ref = registry.get(spec.method)
+        cls = ref.cls
+        params, errors = cls.schema.errors(spec.params)
+        errors += spec_field_errors(spec)
+        device = spec.device.split(":", 1)[0]
+        if device not in cls.devices:
+            errors.append(ParamError("device", f"method {cls.name!r} runs on {', '.join(cls.devices)}, not {device}"))
+        info = catalog.describe(spec.model)  # ModelNotFound if it is not there
+        if info.kind not in cls.model_kinds:
+            errors.append(ParamError("model", f"{spec.model.id} is a {info.kind} model; method {cls.name!r} "
+                                              f"supports {', '.join(cls.model_kinds)}"))
+        elif not errors:
+            errors += cls().check_model(params, info)
+        if errors:
+            raise InvalidParams(errors, context=f"{cls.name} on {spec.model.id}")
+        if device == "cuda" and not cuda_present():
+            raise MethodUnavailable("device: cuda was asked for but this machine has no CUDA device; allowed here: cpu")
+        reason = registry.unavailable_reason(ref) or cls().unavailable_reason(params, spec.device)
+        if reason:
+            raise MethodUnavailable(f"method {cls.name!r} is unavailable: {reason}")
+        return spec.replace(params=params)
+
+    def problems(self, spec: RunSpec) -> list[str]:
+        """Every reason the spec cannot run, as text (for the UI); empty when it can."""
+        try:
+            self.validate(spec)
+        except InvalidParams as e:
+            return [str(x) for x in e.errors]
+        except WorkbenchError as e:
+            return [str(e)]
+        return []
+
+    # --- running ---------------------------------------------------------------
+    def submit(self, spec: RunSpec, *, force: bool = False, progress: Progress | None = None) -> RunResult:
+        """Validate, reuse a stored result for the same key, else run and store.
+
+        Never raises for bad input or a failed run: the result's status and error say
+        what happened. Validation failures are returned, not stored (nothing ran).
+        """
+        try:
+            spec = self.validate(spec)
+        except WorkbenchError as e:
+            status = RunStatus.UNAVAILABLE if isinstance(e, MethodUnavailable) else RunStatus.INVALID
+            return RunResult.failure(spec.to_dict(), spec.key, status, str(e))
+        if not force:
+            hit = self.store.cached(spec.key)
+            if hit is not None:
+                return hit
+        ref = registry.get(spec.method)
+        bar = None
+        if progress is None and self.progress:
+            bar, progress = _progress_bar(spec)
+        try:
+            result = self.executor.run(spec, ref.target, ref.cls.env, progress)
+        except WorkbenchError as e:  # e.g. the environment disappeared between validation and run
+            result = RunResult.failure(spec.to_dict(), spec.key, RunStatus.UNAVAILABLE, str(e))
+        finally:
+            if bar is not None:
+                bar.close()
+        self.store.append(result)
+        return result
+
+    def run(self, model: str | ModelSpec, method: str, params: Mapping[str, Any] | None = None, **kw: Any) -> RunResult:
+        """Shortcut: make_spec + submit."""
+        force = kw.pop("force", False)
+        return self.submit(self.make_spec(model, method, params, **kw), force=force)
+
+    def run_many(self, specs: Iterable[RunSpec], *, force: bool = False) -> list[RunResult]:
+        """Submit specs one after the other (same key twice runs once)."""
+        return [self.submit(s, force=force) for s in specs]
+
+    # --- reading ---------------------------------------------------------------
+    def results(self, latest_only: bool = True) -> list[RunResult]:
+        return self.store.results(latest_only=latest_only)
+
+    def dataframe(self, latest_only: bool = True) -> "pd.DataFrame":
+        return self.store.to_dataframe(latest_only=latest_only)
+
+
+def _dataclass_from(cls: type, values: Mapping[str, Any], what: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise InvalidSpec(f"{what}: unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(names))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _progress_bar(spec: RunSpec) -> tuple[Any, Progress]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=100, desc=f"{spec.model.id} {spec.label}"[:60], unit="%", leave=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+    stages = ["load", "reference", "build", "quantize", "save", "perplexity", "embeddings", "latency", "done"]
+
+    def update(stage: str, fraction: float | None, message: str) -> None:
+        i = stages.index(stage) if stage in stages else None
+        if i is not None:
+            within = fraction if fraction is not None else 0.0
+            target = int(100 * (i + within) / (len(stages) - 1))
+            if target > bar.n:
+                bar.update(min(100, target) - bar.n)
+        bar.set_postfix_str(f"{stage} {message}"[:50])
+
+    return bar, update
+
+
+def default_store() -> Path:
+    return store_path(None)

@@ -1,0 +1,101 @@
+"""Bit packing of integer codes, so that a 4-bit weight really takes 4 bits.
+
+Codes are unsigned integers in ``[0, 2^bits)`` (store signed codes with an
+offset, e.g. ``q + 2^(bits-1)``). Any shape goes in; it is flattened in
+row-major order and comes back flat from `unpack`.
+
+Two layouts, chosen by `bits`:
+
+* **dense** (bits 1, 2, 4, 8): ``8 // bits`` codes per byte, the first code
+  in the lowest bits. 8 bits is a plain copy; 4 bits puts two codes in a byte
+  (low nibble first), 2 bits four.
+* **bit planes** (bits 3, 5, 6, 7): plane ``p`` holds bit ``p`` of every code,
+  eight codes per byte (code ``i`` in bit ``i % 8`` of byte ``i // 8``); the
+  planes follow each other. A 3-bit tensor of n codes takes ``3 * ceil(n / 8)``
+  bytes: exactly 3 bits a code, up to a few bytes of padding, and every
+  operation is a vectorized shift, no per-code loop.
+
+Torch-side (imports torch).
+"""
+from __future__ import annotations
+
+import torch
+
+_DENSE = (1, 2, 4, 8)
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+        raise ValueError(f"bits: got {bits!r}; allowed: an integer in [1, 8]")
+
+
+def packed_nbytes(numel: int, bits: int) -> int:
+    """Bytes that `pack` produces for `numel` codes of `bits` bits."""
+    _check_bits(bits)
+    if bits in _DENSE:
+        per_byte = 8 // bits
+        return -(-numel // per_byte)
+    return bits * -(-numel // 8)
+
+
+def _shifts(count: int, step: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, count * step, step, dtype=torch.uint8, device=device)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned `codes` (values in ``[0, 2^bits)``) into a flat uint8 tensor."""
+    _check_bits(bits)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise ValueError(f"codes: expected an integer tensor, got {codes.dtype}")
+    flat = codes.reshape(-1)
+    if flat.numel():
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo < 0 or hi >= 2**bits:
+            raise ValueError(f"codes: values in [{lo}, {hi}] do not fit {bits} bits; allowed: [0, {2**bits - 1}]")
+    flat = flat.to(torch.uint8)
+    if bits == 8:
+        return flat.clone()
+    if bits in _DENSE:
+        per_byte = 8 // bits
+        groups = _pad(flat, per_byte).view(-1, per_byte)
+        # Disjoint bit fields: a sum is an OR.
+        return (groups << _shifts(per_byte, bits, flat.device)).sum(dim=1, dtype=torch.uint8)
+    planes = (flat.unsqueeze(0) >> _shifts(bits, 1, flat.device).unsqueeze(1)) & 1  # [bits, n]
+    octets = _pad(planes, 8).view(bits, -1, 8)
+    return (octets << _shifts(8, 1, flat.device)).sum(dim=2, dtype=torch.uint8).reshape(-1)
+
+
+def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of `pack`: the first `numel` codes, flat, as uint8."""
+    _check_bits(bits)
+    need = packed_nbytes(numel, bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != need:
+        raise ValueError(
+            f"packed: expected a flat uint8 tensor of {need} bytes for {numel} codes of {bits} bits, "
+            f"got {packed.dtype} of shape {tuple(packed.shape)}"
+        )
+    if bits == 8:
+        return packed[:numel].clone()
+    mask = 2**bits - 1
+    if bits in _DENSE:
+        per_byte = 8 // bits
+        codes = (packed.unsqueeze(1) >> _shifts(per_byte, bits, packed.device)) & mask
+        return codes.reshape(-1)[:numel]
+    bits_ = (packed.view(bits, -1).unsqueeze(2) >> _shifts(8, 1, packed.device)) & 1  # [bits, n/8, 8]
+    bits_ = bits_.reshape(bits, -1)[:, :numel]
+    return (bits_ << _shifts(bits, 1, packed.device).unsqueeze(1)).sum(dim=0, dtype=torch.uint8)
+
+
+def unpack_float(packed: torch.Tensor, bits: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """`unpack` straight to a float tensor (the codes as floats), the hot path of a forward."""
+    if bits == 8:
+        return packed[:numel].to(dtype)
+    return unpack(packed, bits, numel).to(dtype)
+
+
+def _pad(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last dimension of `t` to a multiple of `multiple`."""
+    extra = -t.shape[-1] % multiple
+    if not extra:
+        return t
+    return torch.cat([t, t.new_zeros(*t.shape[:-1], extra)], dim=-1)

@@ -1,0 +1,388 @@
+"""The worker: one fresh process per run, inside the method's environment.
+
+    python -m workbench.worker REQUEST.json RESULT.json
+    python -m workbench.worker --reference REQUEST.json
+
+REQUEST.json is {"spec": RunSpec dict, "target": "module:Class"}. The worker
+loads the model, builds the method, measures everything the same way for every
+method and writes a `RunResult` to RESULT.json (atomically). Progress goes to
+stderr as lines starting with PROGRESS_PREFIX, which the executor turns into a
+progress bar. Failures become results with a status; only a hard crash
+(segfault, SIGKILL) leaves no result file, and the executor reports that.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import DataError, InvalidParams, InvalidSpec, MethodUnavailable, ModelNotFound, WorkbenchError
+from .result import RunResult, RunStatus
+from .spec import RunSpec
+
+PROGRESS_PREFIX = "@@wb "
+
+# Packages whose versions every result records (plus the method's own `requires`).
+CORE_PACKAGES = ("torch", "transformers", "accelerate", "safetensors", "tokenizers", "numpy")
+
+
+def emit(stage: str, fraction: float | None = None, message: str = "") -> None:
+    """Report progress to the executor (one line on stderr)."""
+    line = json.dumps({"stage": stage, "fraction": fraction, "message": message})
+    sys.stderr.write(PROGRESS_PREFIX + line + "\n")
+    sys.stderr.flush()
+
+
+class BuildContext:
+    """What a method's `build()` gets: the spec, the model, data and progress reporting."""
+
+    def __init__(self, spec: RunSpec, model_info: Any, workdir: Path, report: Callable[..., None] = emit):
+        self.spec = spec
+        self.model_info = model_info
+        self.device = _torch_device(spec.device)
+        self.workdir = workdir
+        self._report = report
+        self._tokenizer: Any = None
+        self.warnings: list[str] = []
+        self.load_s: float = 0.0
+
+    def model_dir(self) -> Path:
+        from .models import loader
+
+        return loader.resolve(self.spec.model, progress=lambda f, m="": self.progress("load", f, m))
+
+    def load_model(self, dtype: str = "float32", **kwargs: Any) -> Any:
+        """The model from its local directory, in eval mode on the run's device."""
+        from .models import loader
+
+        t0 = time.perf_counter()
+        self.progress("load", None, f"loading {self.spec.model.id} ({dtype})")
+        model = loader.load_model(self.spec.model, kind=self.model_info.kind, dtype=dtype, device=self.device, **kwargs)
+        self.load_s += time.perf_counter() - t0
+        return model
+
+    def tokenizer(self) -> Any:
+        from .models import loader
+
+        if self._tokenizer is None:
+            self._tokenizer = loader.load_tokenizer(self.spec.model)
+        return self._tokenizer
+
+    def calibration_texts(self) -> list[str]:
+        from .data import splits
+
+        return splits.calibration_samples(self.tokenizer(), self.spec.data)
+
+    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
+        self._report(stage, fraction, message)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+def _torch_device(device: str) -> str:
+    return "cuda:0" if device == "cuda" else device
+
+
+def _setup_process(spec: RunSpec) -> None:
+    if spec.bench.memory_limit_mb:
+        limit = spec.bench.memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    threads = spec.bench.threads
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    # Offline by default when the hub cannot be reached is decided by the loader; keep HF quiet.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _init_torch(spec: RunSpec) -> None:
+    import torch
+
+    torch.manual_seed(spec.seed)
+    if spec.bench.threads:
+        torch.set_num_threads(spec.bench.threads)
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MethodUnavailable("device: cuda was asked for but this machine has no CUDA device; allowed here: cpu")
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def compute_reference(spec: RunSpec, model_info: Any) -> dict:
+    """Baseline (fp32, unquantized) outputs of this model on this data, cached on disk."""
+    from .measure import reference
+
+    with reference.reference_lock(spec.model, spec.data):
+        ref = reference.load_reference(spec.model, spec.data)
+        if ref is not None:
+            return ref
+        ctx = BuildContext(spec, model_info, Path(tempfile.mkdtemp(prefix="wb-ref-")))
+        emit("reference", None, "computing the fp32 baseline outputs once for this model and data")
+        model = ctx.load_model("float32")
+        _, ref = _accuracy(ctx, model, None)
+        reference.save_reference(spec.model, spec.data, ref)
+        del model
+        gc.collect()
+        return ref
+
+
+def ensure_reference_in_subprocess(spec: RunSpec) -> None:
+    """Compute the reference in a child process, so this worker's peak RSS stays its own."""
+    import subprocess
+
+    from .measure import reference
+
+    if reference.load_reference(spec.model, spec.data) is not None:
+        return
+    with tempfile.TemporaryDirectory(prefix="wb-ref-") as tmp:
+        req = Path(tmp) / "request.json"
+        req.write_text(json.dumps({"spec": spec.to_dict()}))
+        proc = subprocess.run([sys.executable, "-m", "workbench.worker", "--reference", str(req)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.splitlines()[-20:])
+            raise RuntimeError(f"computing the baseline reference failed (exit {proc.returncode}):\n{tail}")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tuple[dict, dict]:
+    from .measure import accuracy
+
+    if ctx.model_info.kind == "causal-lm":
+        from .data import splits
+
+        windows = splits.eval_windows(ctx.tokenizer(), ctx.spec.data)
+        metrics, ref = accuracy.causal_lm_eval(
+            model, windows, reference_out, progress=lambda f: ctx.progress("perplexity", f)
+        )
+        return metrics, {"kind": "causal-lm", **ref}
+    from .data import text
+
+    sentences = text.embedding_sentences(ctx.spec.data)
+    ctx.progress("embeddings", None, f"{len(sentences)} sentences")
+    emb = accuracy.encoder_embeddings(model, ctx.tokenizer(), sentences)
+    metrics: dict = {}
+    if reference_out is not None:
+        metrics.update(accuracy.embedding_cosine(emb, reference_out["embeddings"]))
+    return metrics, {"kind": "encoder", "embeddings": emb}
+
+
+def _latency(ctx: BuildContext, model: Any) -> tuple[dict, dict]:
+    from .measure import latency
+
+    b = ctx.spec.bench
+    cfg = ctx.model_info.config
+    vocab = int(cfg.get("vocab_size", 1000))
+    tables: dict[str, list] = {}
+    metrics: dict[str, Any] = {}
+    ctx.progress("latency", 0.0, "forward per batch size")
+    tables["forward"] = latency.forward_table(
+        model, batch_sizes=b.batch_sizes, seq_len=b.seq_len, vocab_size=vocab,
+        warmup=b.warmup, repeats=b.repeats, device=ctx.device,
+    )
+    first = tables["forward"][0] if tables["forward"] else None
+    if first is not None:
+        metrics["forward_ms"] = first["latency_ms"]
+    if ctx.model_info.kind == "causal-lm":
+        pad = ctx.tokenizer().pad_token_id
+        ctx.progress("latency", 0.4, "prefill and decode per prompt length")
+        tables["generation"] = latency.generation_table(
+            model, batch_size=1, prompt_lengths=b.prompt_lengths, decode_tokens=b.decode_tokens,
+            vocab_size=vocab, warmup=b.warmup, repeats=b.repeats, device=ctx.device, pad_token_id=pad,
+        )
+        ctx.progress("latency", 0.7, "generate throughput per batch size")
+        tables["throughput"] = latency.throughput_table(
+            model, batch_sizes=b.generate_batch_sizes, prompt_length=b.prompt_lengths[0],
+            decode_tokens=b.decode_tokens, vocab_size=vocab, warmup=b.warmup, repeats=b.repeats,
+            device=ctx.device, pad_token_id=pad,
+        )
+        # Headline numbers: batch 1 at the longest prompt length (the table holds the rest).
+        if tables["generation"]:
+            last = tables["generation"][-1]
+            metrics["prefill_tok_s"] = last.get("Prefill tokens/s")
+            metrics["decode_tok_s"] = last.get("Decode tokens/s")
+        if tables["throughput"]:
+            metrics["generate_tok_s"] = tables["throughput"][0].get("generate_tok_s")
+    ctx.progress("latency", 1.0)
+    return metrics, tables
+
+
+def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> RunResult:
+    """Run one spec in this process and return its result (never raises for run failures)."""
+    started = time.time()
+    t_start = time.perf_counter()
+    result = RunResult(key=spec.key, status=RunStatus.OK, spec=spec.to_dict(), started_at=started)
+    ctx: BuildContext | None = None
+    caught: Counter[str] = Counter()
+
+    def finish(status: RunStatus, error: str | None = None) -> RunResult:
+        _collect(record, caught)
+        result.status = status
+        result.error = error
+        result.duration_s = time.perf_counter() - t_start
+        for msg, n in caught.items():
+            result.warnings.append(f"{msg} (x{n})" if n > 1 else msg)
+        if ctx is not None:
+            result.warnings.extend(ctx.warnings)
+        return result
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        try:
+            from .models import catalog
+            from .registry import load_target
+
+            method_cls = load_target(target)
+            method = method_cls()
+            model_info = catalog.describe(spec.model)
+            _init_torch(spec)
+            from .measure import envinfo, memory
+
+            result.versions = envinfo.versions(CORE_PACKAGES + tuple(method_cls.requires))
+            result.versions["workbench"] = _workbench_version()
+            result.device = envinfo.device_info(spec.device)
+            params = method_cls.schema.normalize(spec.params, context=method_cls.name)
+
+            workdir = Path(tempfile.mkdtemp(prefix="wb-run-"))
+            ctx = BuildContext(spec, model_info, workdir, report)
+            is_reference = not method_cls.quantizes and params.get("dtype", "float32") == "float32"
+            reference_out = None
+            if spec.bench.accuracy and not is_reference:
+                report("reference", None, "baseline outputs")
+                ensure_reference_in_subprocess(spec)
+                from .measure import reference
+
+                reference_out = reference.load_reference(spec.model, spec.data)
+
+            report("build", None, f"{method_cls.name}")
+            t0 = time.perf_counter()
+            built = method.build(ctx, params)
+            result.metrics["load_s"] = ctx.load_s
+            result.metrics["quantize_s"] = max(0.0, time.perf_counter() - t0 - ctx.load_s)
+            result.layers_quantized = built.layers_quantized
+            result.layers_eligible = built.layers_eligible
+            result.kernel = built.kernel
+            result.notes.extend(built.notes)
+            model = built.model
+
+            result.metrics["weights_bytes"] = (
+                built.weights_bytes if built.weights_bytes is not None else memory.module_weight_bytes(model)
+            )
+            result.metrics["weights_bytes_claimed"] = built.weights_bytes_claimed
+            result.metrics["params_count"] = model_info.params_count
+
+            if spec.bench.save:
+                if built.save is not None:
+                    report("save", None, "serialized size")
+                    out = workdir / "saved"
+                    built.save(out)
+                    result.metrics["disk_bytes"] = memory.dir_bytes(out)
+                else:
+                    result.notes.append(f"not saved: {built.cannot_save or 'the method cannot save'}")
+
+            if spec.bench.accuracy:
+                from .measure import reference
+
+                if is_reference:
+                    # The fp32 baseline is the reference: compute it here if no earlier run did.
+                    with reference.reference_lock(spec.model, spec.data):
+                        reference_out = reference.load_reference(spec.model, spec.data)
+                        if reference_out is None:
+                            _, reference_out = _accuracy(ctx, model, None)
+                            reference.save_reference(spec.model, spec.data, reference_out)
+                metrics, _ = _accuracy(ctx, model, reference_out)
+                result.metrics.update(metrics)
+
+            if spec.bench.latency:
+                metrics, tables = _latency(ctx, model)
+                result.metrics.update(metrics)
+                result.tables.update(tables)
+
+            result.metrics["peak_rss_bytes"] = memory.peak_rss_bytes()
+            cuda = memory.cuda_max_allocated_bytes() if spec.device.startswith("cuda") else None
+            if cuda is not None:
+                result.metrics["cuda_max_allocated_bytes"] = cuda
+            report("done", 1.0)
+            return finish(RunStatus.OK)
+        except InvalidParams as e:
+            return finish(RunStatus.INVALID, str(e))
+        except (InvalidSpec, ModelNotFound, DataError) as e:
+            return finish(RunStatus.INVALID, str(e))
+        except MethodUnavailable as e:
+            return finish(RunStatus.UNAVAILABLE, str(e))
+        except MemoryError:
+            return finish(RunStatus.OOM, "out of memory (MemoryError)\n" + _tb())
+        except WorkbenchError as e:
+            return finish(RunStatus.CRASHED, str(e))
+        except Exception as e:  # noqa: BLE001 - a backend failure is one failed run, stored with its traceback
+            status = RunStatus.OOM if _looks_like_oom(e) else RunStatus.CRASHED
+            return finish(status, f"{type(e).__name__}: {e}\n{_tb()}")
+
+
+def _collect(record: list, caught: Counter[str]) -> None:
+    """Fold captured Python warnings into counts: each message stored once, never printed thousands of times."""
+    for w in record:
+        caught[f"{w.category.__name__}: {(str(w.message).splitlines() or [''])[0][:300]}"] += 1
+    record.clear()
+
+
+def _looks_like_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return any(s in text for s in ("out of memory", "cannot allocate memory", "bad_alloc", "defaultcpuallocator"))
+
+
+def _tb() -> str:
+    return "".join(traceback.format_exc().splitlines(keepends=True)[-30:])
+
+
+def _workbench_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--reference":
+        request = json.loads(Path(argv[1]).read_text())
+        spec = RunSpec.from_dict(request["spec"])
+        _setup_process(spec)
+        _init_torch(spec)
+        from .models import catalog
+
+        compute_reference(spec, catalog.describe(spec.model))
+        return 0
+    if len(argv) != 2:
+        sys.stderr.write(__doc__ or "")
+        return 2
+    request = json.loads(Path(argv[0]).read_text())
+    spec = RunSpec.from_dict(request["spec"])
+    _setup_process(spec)
+    result = run_spec(spec, request["target"])
+    write_atomic(Path(argv[1]), result.to_json())
+    # Exit code 0: a result was written, whatever its status; the executor reads the status.
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
