@@ -207,7 +207,7 @@ class Schema:
             if p.name in values and p.name not in out and p.name in known:
                 # Setting a parameter that does not apply is a contradiction the user should hear about.
                 if values[p.name] != p.default:
-                    cond = ", ".join(f"{k}={_show(v)}" for k, v in (p.visible_when or {}).items())
+                    cond = ", ".join(f"{k}={_show_any(v)}" for k, v in (p.visible_when or {}).items())
                     errors.append(ParamError(p.name, f"only applies when {cond}"))
         if not errors:
             for check in self.checks:
@@ -263,3 +263,9 @@ def _show(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v)) if abs(v) < 1e15 else str(v)
     return str(v)
+
+
+def _show_any(v: Any) -> str:
+    if isinstance(v, (tuple, list, set, frozenset)):
+        return " or ".join(_show(x) for x in v)
+    return _show(v)

@@ -5,7 +5,8 @@ functions mutates its input. Failed runs carry no metrics and are left out of
 every figure; a figure with nothing to show carries an annotation saying why
 instead of raising.
 
-Units: 1 MB here is 10**6 bytes, so "MB" in a column name means what it says.
+Units: 1 MB here is 2**20 bytes, the MB of the measurement tables (`peak_rss_mb`,
+"Memory (MB)"), so every MB in a report is the same MB.
 
 Every user-supplied string (labels, params, model ids) that reaches a figure is
 HTML-escaped, because plotly renders trace names, text and hover labels as a
@@ -24,7 +25,7 @@ from plotly.subplots import make_subplots
 
 from .result import METRIC_NAMES, RunResult, RunStatus, label
 
-MB = 1_000_000
+MB = 2**20
 SUCCEEDED = tuple(s.value for s in RunStatus if s.succeeded)
 NO_RUNS = "no successful runs yet"
 
@@ -87,7 +88,8 @@ def _empty_figure(message: str = NO_RUNS, title: str | None = None) -> go.Figure
     return fig
 
 
-def _layers(q: Any, e: Any) -> str:
+def layers_text(q: Any, e: Any) -> str:
+    """Layers quantized / eligible as "210/211" ("" when unknown): never quantize silently, never hide it."""
     if q is None or pd.isna(q):
         return ""
     if e is None or pd.isna(e):
@@ -108,16 +110,27 @@ def _run_names(results: Sequence[RunResult]) -> list[str]:
     return [f"{n} [{r.key[:8]}]" if seen[n] > 1 else n for n, r in zip(names, results)]
 
 
-def _table_runs(results: Iterable[RunResult], table: str) -> tuple[list[tuple[str, pd.DataFrame]], int]:
-    """(name, table frame) for each successful run that has rows in `tables[table]`; and the count of successes."""
+def _table_runs(results: Iterable[RunResult], table: str,
+                required: Sequence[str]) -> tuple[list[tuple[str, pd.DataFrame]], int]:
+    """(name, table frame) for each successful run whose `tables[table]` has rows with the `required` columns;
+    and the count of successful runs (to tell "nothing ran" from "nothing measured")."""
     ok = [r for r in results if r.ok]
-    names = _run_names(ok)
     out = []
-    for name, r in zip(names, ok):
+    for name, r in zip(_run_names(ok), ok):
         rows = (r.tables or {}).get(table) or []
-        if rows:
-            out.append((name, pd.DataFrame(list(rows))))
+        frame = pd.DataFrame(list(rows))
+        if len(frame) and all(c in frame.columns for c in required):
+            out.append((name, frame))
     return out, len(ok)
+
+
+def _discrete_x(fig: go.Figure, runs: list[tuple[str, pd.DataFrame]], column: str, **where: Any) -> None:
+    """A log x axis ticked at exactly the measured values (batch sizes, lengths: powers of two, mostly).
+
+    A category axis would order values by first appearance across traces, so 8 could land before 2.
+    """
+    values = sorted({float(v) for _, t in runs for v in pd.to_numeric(t[column], errors="coerce").dropna() if v > 0})
+    fig.update_xaxes(type="log", tickmode="array", tickvals=values, ticktext=[f"{v:g}" for v in values], **where)
 
 
 def _no_table_figure(n_ok: int, what: str, title: str) -> go.Figure:
@@ -201,7 +214,7 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
         sub = points[points["model"].astype(str) == model]
         front = pareto_front(sub, "_x", "_y", minimize_x=True, minimize_y=minimize)
         labels = [_esc(v) for v in sub["label"]]
-        custom = [[_esc(params_text(p)), _layers(q, e), _esc(k or "")] for p, q, e, k in
+        custom = [[_esc(params_text(p)), layers_text(q, e), _esc(k or "")] for p, q, e, k in
                   zip(sub["params"], sub["layers_quantized"], sub["layers_eligible"], sub["kernel"])]
         prefix = f"{_esc(model)}: " if len(models) > 1 else ""
         fig.add_trace(go.Scatter(
@@ -232,49 +245,49 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
 def latency_per_batch(results: Iterable[RunResult]) -> go.Figure:
     """Forward latency (median, error bars min..max) against batch size, one line per run (and seq_len)."""
     title = "Forward latency per batch size"
-    runs, n_ok = _table_runs(results, "forward")
+    runs, n_ok = _table_runs(results, "forward", ("batch_size", "latency_ms"))
     if not runs:
         return _no_table_figure(n_ok, "forward latency", title)
     fig = go.Figure()
     for name, t in runs:
         for suffix, g in _split(t, "seq_len", "seq"):
             g = g.sort_values("batch_size")
-            med = pd.to_numeric(g["latency_ms"], errors="coerce")
-            lo = pd.to_numeric(g.get("latency_ms_min", med), errors="coerce")
-            hi = pd.to_numeric(g.get("latency_ms_max", med), errors="coerce")
             fig.add_trace(go.Scatter(
-                x=g["batch_size"].tolist(), y=med.tolist(), mode="lines+markers", name=_esc(name + suffix),
-                error_y={"type": "data", "symmetric": False, "array": (hi - med).tolist(),
-                         "arrayminus": (med - lo).tolist()},
+                x=g["batch_size"].tolist(), y=pd.to_numeric(g["latency_ms"], errors="coerce").tolist(),
+                mode="lines+markers", name=_esc(name + suffix),
+                error_y=_error_bars(g, "latency_ms", "latency_ms_min", "latency_ms_max"),
             ))
     fig.update_layout(title=title, template="plotly_white", xaxis_title="batch size",
                       yaxis_title="latency (ms, median; bars min..max)")
-    fig.update_xaxes(type="category")
+    _discrete_x(fig, runs, "batch_size")
     return fig
 
 
 def memory_per_batch(results: Iterable[RunResult]) -> go.Figure:
     """Peak RSS of the forward pass against batch size, one line per run (and seq_len)."""
     title = "Peak memory per batch size"
-    runs, n_ok = _table_runs(results, "forward")
-    runs = [(n, t) for n, t in runs if "peak_rss_mb" in t.columns]
+    runs, n_ok = _table_runs(results, "forward", ("batch_size", "peak_rss_mb"))
     if not runs:
         return _no_table_figure(n_ok, "forward memory", title)
     fig = go.Figure()
     for name, t in runs:
         for suffix, g in _split(t, "seq_len", "seq"):
             g = g.sort_values("batch_size")
-            fig.add_trace(go.Scatter(x=g["batch_size"].tolist(), y=pd.to_numeric(g["peak_rss_mb"]).tolist(),
+            y = pd.to_numeric(g["peak_rss_mb"], errors="coerce")
+            fig.add_trace(go.Scatter(x=g["batch_size"].tolist(), y=y.tolist(),
                                      mode="lines+markers", name=_esc(name + suffix)))
     fig.update_layout(title=title, template="plotly_white", xaxis_title="batch size", yaxis_title="peak RSS (MB)")
-    fig.update_xaxes(type="category")
+    _discrete_x(fig, runs, "batch_size")
     return fig
 
 
 def tokens_per_s_per_length(results: Iterable[RunResult]) -> go.Figure:
-    """Prefill and decode tokens/s against prompt length: two subplots, one line per run (and batch size) in each."""
+    """Prefill and decode tokens/s against prompt length: two subplots, one line per run (and batch size) in each.
+
+    Error bars come from the "... tokens/s min"/"max" columns when the table has them.
+    """
     title = "Prefill and decode speed per prompt length"
-    runs, n_ok = _table_runs(results, "generation")
+    runs, n_ok = _table_runs(results, "generation", ("Prefill Length", "Prefill tokens/s", "Decode tokens/s"))
     if not runs:
         return _no_table_figure(n_ok, "generation speed", title)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("prefill", "decode"))
@@ -287,20 +300,21 @@ def tokens_per_s_per_length(results: Iterable[RunResult]) -> go.Figure:
             i += 1
             for col, (column, show) in enumerate((("Prefill tokens/s", True), ("Decode tokens/s", False)), start=1):
                 fig.add_trace(go.Scatter(
-                    x=g["Prefill Length"].tolist(), y=pd.to_numeric(g.get(column), errors="coerce").tolist(),
+                    x=g["Prefill Length"].tolist(), y=pd.to_numeric(g[column], errors="coerce").tolist(),
                     mode="lines+markers", name=_esc(name + suffix), legendgroup=f"g{i}", showlegend=show,
-                    line={"color": color},
+                    line={"color": color}, error_y=_error_bars(g, column, f"{column} min", f"{column} max"),
                 ), row=1, col=col)
     fig.update_layout(title=title, template="plotly_white")
-    fig.update_xaxes(title_text="prompt length (tokens)", type="category")
+    fig.update_xaxes(title_text="prompt length (tokens)")
+    _discrete_x(fig, runs, "Prefill Length")
     fig.update_yaxes(title_text="tokens/s", row=1, col=1)
     return fig
 
 
 def throughput_per_batch(results: Iterable[RunResult]) -> go.Figure:
-    """`generate()` throughput (tokens/s) against batch size, one line per run (and prompt length)."""
+    """`generate()` throughput (tokens/s, bars min..max) against batch size, one line per run (and prompt length)."""
     title = "Generation throughput per batch size"
-    runs, n_ok = _table_runs(results, "throughput")
+    runs, n_ok = _table_runs(results, "throughput", ("batch_size", "generate_tok_s"))
     if not runs:
         return _no_table_figure(n_ok, "generation throughput", title)
     fig = go.Figure()
@@ -309,11 +323,22 @@ def throughput_per_batch(results: Iterable[RunResult]) -> go.Figure:
             g = g.sort_values("batch_size")
             fig.add_trace(go.Scatter(x=g["batch_size"].tolist(),
                                      y=pd.to_numeric(g["generate_tok_s"], errors="coerce").tolist(),
-                                     mode="lines+markers", name=_esc(name + suffix)))
+                                     mode="lines+markers", name=_esc(name + suffix),
+                                     error_y=_error_bars(g, "generate_tok_s", "generate_tok_s_min",
+                                                         "generate_tok_s_max")))
     fig.update_layout(title=title, template="plotly_white", xaxis_title="batch size",
                       yaxis_title="generated tokens/s")
-    fig.update_xaxes(type="category")
+    _discrete_x(fig, runs, "batch_size")
     return fig
+
+
+def _error_bars(g: pd.DataFrame, column: str, low: str, high: str) -> dict[str, Any] | None:
+    """Asymmetric error bars from the min/max columns of a table (None when the table has no spread)."""
+    if low not in g.columns or high not in g.columns:
+        return None
+    mid = pd.to_numeric(g[column], errors="coerce")
+    return {"type": "data", "symmetric": False, "array": (pd.to_numeric(g[high], errors="coerce") - mid).tolist(),
+            "arrayminus": (mid - pd.to_numeric(g[low], errors="coerce")).tolist()}
 
 
 def _split(t: pd.DataFrame, column: str, short: str) -> list[tuple[str, pd.DataFrame]]:
@@ -330,7 +355,7 @@ def _colors() -> list[str]:
 # --- tables ------------------------------------------------------------------------
 def generation_table(results: Iterable[RunResult]) -> pd.DataFrame:
     """The fused-module style table of every successful run, stacked: a "Run" column then the table's columns."""
-    runs, _ = _table_runs(results, "generation")
+    runs, _ = _table_runs(results, "generation", ())
     if not runs:
         return pd.DataFrame(columns=["Run", "Batch Size", "Prefill Length", "Decode Length", "Prefill tokens/s",
                                      "Decode tokens/s", "Memory (MB)"])
@@ -346,7 +371,7 @@ SUMMARY_COLUMNS = ("label", "model", "status", "weights (MB)", "disk (MB)", "pea
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader wants first, in human units: one row per run, failed runs included (metrics empty).
 
-    Sizes in MB (10**6 bytes), top-1 agreement in percent, layers as
+    Sizes in MB (2**20 bytes), top-1 agreement in percent, layers as
     "quantized/eligible". Numbers are rounded but stay numbers, so the frame sorts.
     """
     if df is None or len(df) == 0:
@@ -367,7 +392,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "top-1 (%)": (_numeric(df, "top1_agreement") * 100).round(2),
         "cosine": num("embedding_cosine", 1, 5),
         "decode tok/s": num("decode_tok_s", 1, 1),
-        "layers": [_layers(q, e) for q, e in zip(df.get("layers_quantized", [None] * len(df)),
+        "layers": [layers_text(q, e) for q, e in zip(df.get("layers_quantized", [None] * len(df)),
                                                  df.get("layers_eligible", [None] * len(df)))],
         "kernel": [("" if k is None or (isinstance(k, float) and pd.isna(k)) else str(k))
                    for k in df.get("kernel", [None] * len(df))],
@@ -387,6 +412,6 @@ def params_text(params: str | Mapping[str, Any]) -> str:
 
 __all__ = [
     "ACCURACY_MINIMIZE", "METRIC_NAMES", "MB", "NO_RUNS", "SUMMARY_COLUMNS", "accuracy_vs_memory", "generation_table",
-    "latency_per_batch", "memory_per_batch", "pareto_front", "params_text", "pick_accuracy", "results_frame",
+    "latency_per_batch", "memory_per_batch", "layers_text", "pareto_front", "params_text", "pick_accuracy", "results_frame",
     "summary_table", "throughput_per_batch", "tokens_per_s_per_length",
 ]

@@ -10,15 +10,14 @@ import datetime as _dt
 import html
 import platform
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import plotly
 import plotly.graph_objects as go
 import plotly.offline
 
-from . import __version__
-from . import plots
+from . import __version__, plots
 from .result import RunResult
 
 _CSS = """
@@ -56,8 +55,8 @@ def build_report(results: Sequence[RunResult], title: str = "Quantization Workbe
     failed = [r for r in results if not r.ok]
     body = [
         f"<h1>{_e(title)}</h1>",
-        f"<p class=\"meta\">{len(results)} runs: {len(ok)} succeeded, {len(failed)} failed. "
-        f"Generated {_e(_now())} by workbench {_e(__version__)}. 1 MB = 10<sup>6</sup> bytes.</p>",
+        (f"<p class=\"meta\">{len(results)} runs: {len(ok)} succeeded, {len(failed)} failed. "
+         f"Generated {_e(_now())} by workbench {_e(__version__)}. 1 MB = 2<sup>20</sup> bytes.</p>"),
         _section("Summary", _summary(frame)),
         _section("Accuracy vs memory", _accuracy(frame, figure)),
         _section("Latency and throughput", _speed(results, figure)),
@@ -157,7 +156,7 @@ def _environment(results: list[RunResult]) -> str:
     rows = []
     for r in results:
         device = _kv(r.device) if r.device else str(r.spec.get("device", ""))
-        layers = plots._layers(r.layers_quantized, r.layers_eligible) or "unknown"
+        layers = plots.layers_text(r.layers_quantized, r.layers_eligible) or "unknown"
         remarks = "".join(f"<li>{_e(w)}</li>" for w in [*r.warnings, *r.notes])
         duration = f"{r.duration_s:.1f}" if isinstance(r.duration_s, (int, float)) else ""
         rows.append(
@@ -200,7 +199,7 @@ def _annotation(fig: go.Figure) -> str:
 
 
 def _df_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=True, na_rep="", border=0, classes="dataframe")
+    return df.to_html(index=False, escape=True, na_rep="", border=0)
 
 
 def _now() -> str:

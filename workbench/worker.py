@@ -249,8 +249,9 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             method_cls = load_target(target)
             method = method_cls()
             model_info = catalog.describe(spec.model)
-            _init_torch(spec)
-            from .measure import envinfo, memory
+            if method_cls.env != "kernel":
+                _init_torch(spec)
+            from .measure import envinfo
 
             result.versions = envinfo.versions(CORE_PACKAGES + tuple(method_cls.requires))
             result.versions["workbench"] = _workbench_version()
@@ -278,6 +279,7 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             result.kernel = built.kernel
             result.notes.extend(built.notes)
             model = built.model
+            from .measure import memory
 
             result.metrics["weights_bytes"] = (
                 built.weights_bytes if built.weights_bytes is not None else memory.module_weight_bytes(model)

@@ -142,8 +142,9 @@ def _module_tensors(model: Any, include_attributes: bool) -> Iterator["torch.Ten
     yield from model.buffers()
     if include_attributes:
         for module in model.modules():
-            for value in vars(module).values():
-                yield from _tensors_in(value, torch.Tensor, _ATTR_DEPTH)
+            for name, value in vars(module).items():
+                if name not in ("_parameters", "_buffers", "_modules"):  # already counted, or walked
+                    yield from _tensors_in(value, torch.Tensor, _ATTR_DEPTH)
 
 
 def _tensors_in(value: Any, tensor_type: type, depth: int) -> Iterator["torch.Tensor"]:

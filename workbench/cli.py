@@ -1,0 +1,357 @@
+"""`workbench`: the command line, the contract other tools rely on.
+
+    workbench run --model M --method X [--param k=v ...] [--store PATH] [--json]
+    workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
+    workbench results [--store PATH] [--format table|csv|json]
+    workbench report [--store PATH] --out FILE.html
+    workbench methods [--json]     workbench models [--json]
+    workbench env list [--json]    workbench env create NAME
+
+Exit codes: 0 done, 2 invalid input, 3 the run failed (crashed / timeout /
+out of memory), 4 method or environment unavailable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import InvalidParams, InvalidSpec, ParamError, WorkbenchError
+from .result import RunResult, RunStatus
+from .spec import BenchSpec, DataSpec
+
+EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
+
+# The default comparison: the reference, int8 per-channel, and int4 g64 both ways.
+DEFAULT_COMPARISON = (
+    "baseline",
+    "rtn:bits=8,group_size=-1,sym=true",
+    "rtn:bits=4,group_size=64,sym=true",
+    "rtn:bits=4,group_size=64,sym=false",
+)
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def exit_code(result: RunResult) -> int:
+    if result.status.succeeded:
+        return EXIT_OK
+    if result.status == RunStatus.INVALID:
+        return EXIT_INVALID
+    if result.status == RunStatus.UNAVAILABLE:
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILED
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on bad usage, which is our 'invalid input' code too; keep the message clear."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"workbench: error: {message}\n")
+        raise SystemExit(EXIT_INVALID)
+
+
+def _fields_from_pairs(cls: type, pairs: Sequence[str], what: str) -> dict[str, Any]:
+    """Parse `k=v` overrides of a spec dataclass, typed by the field's default."""
+    defaults = cls()
+    names = {f.name: getattr(defaults, f.name) for f in fields(cls)}
+    out: dict[str, Any] = {}
+    errors: list[ParamError] = []
+    for item in pairs:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names:
+            errors.append(ParamError(f"{what}.{key}", f"expected NAME=VALUE with NAME one of {', '.join(names)}"))
+            continue
+        default = names[key]
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("allowed: true or false")
+                out[key] = raw.lower() in ("true", "1", "yes")
+            elif isinstance(default, tuple):
+                out[key] = tuple(int(x) for x in raw.split(",") if x.strip())
+            elif isinstance(default, int) or default is None:
+                out[key] = None if raw.lower() == "none" else int(raw)
+            else:
+                out[key] = raw
+        except ValueError as e:
+            errors.append(ParamError(f"{what}.{key}", f"got {raw!r}: {e}"))
+    if errors:
+        raise InvalidParams(errors)
+    return out
+
+
+def _session(args: argparse.Namespace) -> Any:
+    from .session import Session
+
+    return Session(store=args.store, executor=getattr(args, "executor", "subprocess"),
+                   progress=not getattr(args, "quiet", False))
+
+
+def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
+    data = _fields_from_pairs(DataSpec, args.data_field or [], "data")
+    if args.data:
+        data["source"] = args.data
+    return {
+        "data": data or None,
+        "bench": _fields_from_pairs(BenchSpec, args.bench or [], "bench") or None,
+        "device": args.device,
+        "timeout_s": args.timeout,
+        "trust_remote_code": args.trust_remote_code,
+    }
+
+
+def _parse_method(text: str) -> tuple[str, dict[str, str]]:
+    """`rtn:bits=4,group_size=64` -> ("rtn", {"bits": "4", "group_size": "64"})."""
+    name, _, rest = text.partition(":")
+    params: dict[str, str] = {}
+    for pair in re.split(r",(?=\s*[A-Za-z_][\w-]*=)", rest) if rest else []:
+        k, sep, v = pair.partition("=")
+        if not sep:
+            raise InvalidParams([ParamError(k or text, "expected NAME=VALUE in a method spec like rtn:bits=4,group_size=64")])
+        params[k.strip()] = v.strip()
+    return name.strip(), params
+
+
+def _print_result(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        print(result.to_json(indent=2))
+        return
+    if result.ok:
+        m = result.metrics
+        cached = " (cached)" if result.cached else ""
+        print(f"{result.status.value}{cached}: {result.model} {result.method} {json.dumps(result.params)}")
+        for name in ("weights_bytes", "disk_bytes", "peak_rss_bytes", "perplexity", "kl_div", "top1_agreement",
+                     "embedding_cosine", "forward_ms", "prefill_tok_s", "decode_tok_s", "generate_tok_s"):
+            if m.get(name) is not None:
+                print(f"  {name:>16}: {_fmt(name, m[name])}")
+        print(f"  {'layers':>16}: {result.layers_quantized}/{result.layers_eligible} quantized; kernel: {result.kernel}")
+    else:
+        print(f"{result.status.value}: {result.error}", file=sys.stderr)
+        if result.stderr_tail:
+            print("--- worker output (tail) ---\n" + result.stderr_tail, file=sys.stderr)
+
+
+def _fmt(name: str, v: Any) -> str:
+    if name.endswith("_bytes"):
+        return f"{v / 2**20:.1f} MiB"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import registry
+
+    session = _session(args)
+    params = registry.get(args.method).cls.schema.parse_cli(args.param or [])
+    spec = session.make_spec(args.model, args.method, params, **_spec_options(args))
+    result = session.submit(spec, force=args.force)
+    _print_result(result, args.json)
+    return exit_code(result)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    session = _session(args)
+    methods = args.methods or list(DEFAULT_COMPARISON)
+    opts = _spec_options(args)
+    specs = []
+    for text in methods:
+        name, params = _parse_method(text)
+        specs.append(session.make_spec(args.model, name, params, **opts))
+    # Validate everything before running anything: a typo in the last method costs nothing.
+    problems = [(s, session.problems(s)) for s in specs]
+    bad = [(s, p) for s, p in problems if p]
+    if bad:
+        for s, p in bad:
+            print(f"{s.label}:\n  " + "\n  ".join(p), file=sys.stderr)
+        return EXIT_INVALID
+    results = []
+    for spec in specs:
+        r = session.submit(spec, force=args.force)
+        results.append(r)
+        if not r.ok:
+            print(f"{spec.label}: {r.status.value}: {r.error}", file=sys.stderr)
+    _print_table(results)
+    out = Path(args.report)
+    write_report(session.results(), out)
+    print(f"report: {out}  store: {session.store.path}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _print_table(results: list[RunResult]) -> None:
+    import pandas as pd
+
+    from .plots import summary_table
+
+    df = pd.DataFrame([r.to_row() for r in results])
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(summary_table(df).to_string(index=False))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .store import ResultStore
+    from .paths import store_path
+
+    path = store_path(args.store)
+    if not path.exists():
+        raise InvalidSpec(f"store: {path} does not exist (run something first, or pass --store PATH)")
+    store = ResultStore(path)
+    results = store.results(latest_only=not args.all)
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+    elif args.format == "csv":
+        import pandas as pd
+
+        pd.DataFrame([r.to_row() for r in results]).to_csv(sys.stdout, index=False)
+    else:
+        if results:
+            _print_table(results)
+        else:
+            print("no results yet")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .paths import store_path
+    from .report import write_report
+    from .store import ResultStore
+
+    path = store_path(args.store)
+    if not path.exists():
+        raise InvalidSpec(f"store: {path} does not exist (run something first, or pass --store PATH)")
+    out = write_report(ResultStore(path).results(), Path(args.out))
+    print(out)
+    return EXIT_OK
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from . import registry
+
+    rows = registry.describe_all()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    for r in rows:
+        state = "available" if r["available"] else f"unavailable: {r['reason']}"
+        print(f"{r['name']:<12} {r['backend']:<12} env={r['env']:<8} {state}")
+        for p in r["params"]:
+            print(f"    {p['name']}={p['default']!r}  ({p['allowed']})  {p['help']}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import catalog
+
+    rows = catalog.catalog_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    for r in rows:
+        print(f"{r['name']:<14} {r['kind']:<10} {r['source']:<9} {r.get('params_count') or '?':>11}  {r['description']}")
+    print("Any local model directory or hub id (org/name) works too: --model /path/to/model")
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .envs import manager
+
+    if args.env_cmd == "create":
+        for name in args.names:
+            st = manager.create(name, progress=not args.quiet)
+            print(f"{st.name}: {st.state} ({st.python})")
+        return EXIT_OK
+    rows = [s.to_dict() for s in manager.list_envs()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<10} {r['state']:<9} {r['python'] or ''} {r['reason']}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="workbench", description="Quantization Workbench: compare quantization methods, measured one way.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def spec_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
+        sp.add_argument("--model", default=model_default, required=model_default is None,
+                        help="catalog name (workbench models), local directory or hub id")
+        sp.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
+        sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        sp.add_argument("--data", default=None, help="text source: pydoc-topics, file:PATH, hub:NAME[/CONFIG]")
+        sp.add_argument("--data-field", action="append", metavar="K=V", help="DataSpec field, e.g. eval_windows=4")
+        sp.add_argument("--bench", action="append", metavar="K=V", help="BenchSpec field, e.g. repeats=5 batch_sizes=1,4")
+        sp.add_argument("--timeout", type=float, default=None, help="seconds before the worker is killed")
+        sp.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
+        sp.add_argument("--force", action="store_true", help="run even if the store has a result for this spec")
+        sp.add_argument("--executor", default="subprocess", choices=("subprocess", "inline"))
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", help="one run")
+    spec_args(r, None)
+    r.add_argument("--method", required=True)
+    r.add_argument("--param", action="append", metavar="K=V", help="method parameter (repeatable)")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="the default comparison (or --methods), a table and a report")
+    spec_args(c, DEFAULT_MODEL)
+    c.add_argument("--methods", nargs="+", metavar="NAME[:K=V,...]", help=f"default: {' '.join(DEFAULT_COMPARISON)}")
+    c.add_argument("--report", default="results/report.html")
+    c.set_defaults(func=cmd_compare)
+
+    res = sub.add_parser("results", help="stored results as a table, CSV or JSON")
+    res.add_argument("--store", default=None)
+    res.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    res.add_argument("--all", action="store_true", help="every stored row, not only the latest per spec")
+    res.set_defaults(func=cmd_results)
+
+    rep = sub.add_parser("report", help="a self-contained HTML report of the store")
+    rep.add_argument("--store", default=None)
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(func=cmd_report)
+
+    m = sub.add_parser("methods", help="registered methods, their availability and parameters")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_methods)
+
+    mo = sub.add_parser("models", help="the model catalog")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("env", help="backend environments")
+    esub = e.add_subparsers(dest="env_cmd", required=True, parser_class=_Parser)
+    el = esub.add_parser("list")
+    el.add_argument("--json", action="store_true")
+    ec = esub.add_parser("create")
+    ec.add_argument("names", nargs="+")
+    ec.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_env)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except WorkbenchError as e:
+        print(f"workbench: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Latency: forward time per batch size, prefill/decode speed per prompt length,
+generate throughput per batch size.
+
+Every figure is warm-up runs, then repeats, reported as the median with min and
+max. Inputs are random token ids from a fixed seed, so every method sees the
+same tokens. Models are only called (`model(input_ids=, attention_mask=)`,
+`model.generate(...)`): a non-torch runtime that accepts torch tensors works
+the same as a torch module.
+
+Memory columns are the process peak so far (peak RSS, or CUDA max allocated on
+a GPU), not the peak of one row: resetting the counters here would corrupt the
+run's overall peak that the worker reports afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import InvalidSpec
+from ..result import Measurement
+from . import memory
+
+SEED = 0
+Progress = Callable[[float], None]
+
+
+def time_repeats(
+    fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] | None = None
+) -> Measurement:
+    """Call `fn` `warmup` times untimed, then `repeats` times timed; values in seconds.
+
+    `sync` (e.g. `torch.cuda.synchronize`) runs before the clock starts and before
+    it stops, so asynchronous GPU work is inside the timed span.
+    """
+    _check_count("warmup", warmup, minimum=0)
+    _check_count("repeats", repeats, minimum=1)
+    for _ in range(warmup):
+        fn()
+    values = []
+    for _ in range(repeats):
+        if sync is not None:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        values.append(time.perf_counter() - start)
+    return Measurement(tuple(values))
+
+
+def forward_table(
+    model: Any,
+    *,
+    batch_sizes: Sequence[int],
+    seq_len: int,
+    vocab_size: int,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Forward-pass latency per batch size on random tokens of length `seq_len`.
+
+    Rows: batch_size, seq_len, latency_ms (median), latency_ms_min, latency_ms_max,
+    tokens_per_s (batch_size * seq_len / median), peak_rss_mb (and
+    cuda_max_allocated_mb on a GPU).
+    """
+    _check_sizes("batch_sizes", batch_sizes)
+    _check_count("seq_len", seq_len, minimum=1)
+    sync = _sync_for(device)
+    rows = []
+    for i, bs in enumerate(batch_sizes):
+        ids, mask = random_tokens(bs, seq_len, vocab_size, device)
+        with torch.inference_mode():
+            m = time_repeats(lambda: model(input_ids=ids, attention_mask=mask), warmup, repeats, sync)
+        rows.append(
+            {
+                "batch_size": bs,
+                "seq_len": seq_len,
+                "latency_ms": m.median * 1e3,
+                "latency_ms_min": min(m.values) * 1e3,
+                "latency_ms_max": max(m.values) * 1e3,
+                "tokens_per_s": bs * seq_len / m.median,
+                **_memory_columns(device),
+            }
+        )
+        if progress is not None:
+            progress((i + 1) / len(batch_sizes))
+    return rows
+
+
+def generation_table(
+    model: Any,
+    *,
+    batch_size: int,
+    prompt_lengths: Sequence[int],
+    decode_tokens: int,
+    vocab_size: int,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    pad_token_id: int = 0,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Prefill and decode speed per prompt length, in the layout of the
+    Transformers / AutoAWQ fused-module benchmark table.
+
+    prefill time = median of a greedy generate of 1 new token; full time = median
+    of a greedy generate of `decode_tokens` (D) new tokens, never stopped early.
+    Prefill tokens/s = B * L / prefill; decode tokens/s = B * (D - 1) / (full - prefill).
+    When noise makes full <= prefill, decode tokens/s is None and the row's `note` says so.
+
+    Rows: "Batch Size", "Prefill Length", "Decode Length", "Prefill tokens/s",
+    "Decode tokens/s", "Memory (MB)" (peak RSS, or CUDA max allocated on a GPU),
+    "prefill_ms", "decode_ms", the spreads ("Prefill tokens/s min"/"max",
+    "Decode tokens/s min"/"max") and "note".
+    """
+    _check_count("batch_size", batch_size, minimum=1)
+    _check_sizes("prompt_lengths", prompt_lengths)
+    _check_count("decode_tokens", decode_tokens, minimum=2)
+    sync = _sync_for(device)
+    rows = []
+    for i, length in enumerate(prompt_lengths):
+        ids, mask = random_tokens(batch_size, length, vocab_size, device)
+        prefill = time_repeats(lambda: greedy_generate(model, ids, mask, 1, pad_token_id), warmup, repeats, sync)
+        full = time_repeats(
+            lambda: greedy_generate(model, ids, mask, decode_tokens, pad_token_id), warmup, repeats, sync
+        )
+        decode_s = full.median - prefill.median
+        decode_rates = [
+            batch_size * (decode_tokens - 1) / (f - prefill.median) for f in full.values if f > prefill.median
+        ]
+        note = None
+        if decode_s <= 0:
+            note = (
+                f"decode time not measurable: generating {decode_tokens} tokens took "
+                f"{full.median * 1e3:.1f} ms, no more than prefill ({prefill.median * 1e3:.1f} ms)"
+            )
+        mem = _memory_columns(device)
+        rows.append(
+            {
+                "Batch Size": batch_size,
+                "Prefill Length": length,
+                "Decode Length": decode_tokens,
+                "Prefill tokens/s": batch_size * length / prefill.median,
+                "Decode tokens/s": batch_size * (decode_tokens - 1) / decode_s if decode_s > 0 else None,
+                "Memory (MB)": mem.get("cuda_max_allocated_mb", mem["peak_rss_mb"]),
+                "prefill_ms": prefill.median * 1e3,
+                "decode_ms": decode_s * 1e3 if decode_s > 0 else None,
+                "Prefill tokens/s min": batch_size * length / max(prefill.values),
+                "Prefill tokens/s max": batch_size * length / min(prefill.values),
+                "Decode tokens/s min": min(decode_rates) if decode_rates else None,
+                "Decode tokens/s max": max(decode_rates) if decode_rates else None,
+                "note": note,
+            }
+        )
+        if progress is not None:
+            progress((i + 1) / len(prompt_lengths))
+    return rows
+
+
+def throughput_table(
+    model: Any,
+    *,
+    batch_sizes: Sequence[int],
+    prompt_length: int,
+    decode_tokens: int,
+    vocab_size: int,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    pad_token_id: int = 0,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """End-to-end generate throughput per batch size: B * D / (median time of a
+    greedy generate of D new tokens after a prompt of `prompt_length`).
+
+    Rows: batch_size, prompt_length, decode_tokens, generate_tok_s, generate_tok_s_min,
+    generate_tok_s_max, generate_s, generate_s_min, generate_s_max, peak_rss_mb
+    (and cuda_max_allocated_mb on a GPU).
+    """
+    _check_sizes("batch_sizes", batch_sizes)
+    _check_count("prompt_length", prompt_length, minimum=1)
+    _check_count("decode_tokens", decode_tokens, minimum=1)
+    sync = _sync_for(device)
+    rows = []
+    for i, bs in enumerate(batch_sizes):
+        ids, mask = random_tokens(bs, prompt_length, vocab_size, device)
+        m = time_repeats(lambda: greedy_generate(model, ids, mask, decode_tokens, pad_token_id), warmup, repeats, sync)
+        rows.append(
+            {
+                "batch_size": bs,
+                "prompt_length": prompt_length,
+                "decode_tokens": decode_tokens,
+                "generate_tok_s": bs * decode_tokens / m.median,
+                "generate_tok_s_min": bs * decode_tokens / max(m.values),
+                "generate_tok_s_max": bs * decode_tokens / min(m.values),
+                "generate_s": m.median,
+                "generate_s_min": min(m.values),
+                "generate_s_max": max(m.values),
+                **_memory_columns(device),
+            }
+        )
+        if progress is not None:
+            progress((i + 1) / len(batch_sizes))
+    return rows
+
+
+def greedy_generate(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int, pad_token_id: int
+) -> Any:
+    """Greedy generation of exactly `new_tokens` tokens: no sampling, no stop at EOS.
+
+    `min_new_tokens` masks EOS until the end and `eos_token_id=None` turns stopping
+    off, so a model that happens to predict EOS early is still timed on the same
+    work. Generation warnings (unused sampling flags of the model's own generation
+    config) are silenced: they say nothing about the measurement.
+    """
+    with torch.inference_mode(), _quiet():
+        return model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad_token_id,
+            eos_token_id=None,
+        )
+
+
+def random_tokens(batch_size: int, seq_len: int, vocab_size: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids from a fixed seed (the same for every method) and an all-ones attention mask."""
+    _check_count("vocab_size", vocab_size, minimum=1)
+    gen = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen, dtype=torch.long)
+    ids = ids.to(device)
+    return ids, torch.ones_like(ids)
+
+
+# --- internals ---------------------------------------------------------------
+
+
+def _sync_for(device: str) -> Callable[[], None] | None:
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        return lambda: torch.cuda.synchronize(dev)
+    return None
+
+
+def _memory_columns(device: str) -> dict[str, float]:
+    cols = {"peak_rss_mb": memory.peak_rss_bytes() / 2**20}
+    if device.startswith("cuda"):
+        cuda = memory.cuda_max_allocated_bytes()
+        if cuda is not None:
+            cols["cuda_max_allocated_mb"] = cuda / 2**20
+    return cols
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    tf_logger = logging.getLogger("transformers")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tf_logger.setLevel(level)
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSpec(f"{name}: got {value!r}; allowed: an integer >= {minimum}")
+
+
+def _check_sizes(name: str, values: Sequence[int]) -> None:
+    if not values:
+        raise InvalidSpec(f"{name}: got an empty list; allowed: one or more integers >= 1")
+    for v in values:
+        _check_count(name, v, minimum=1)

@@ -1,0 +1,291 @@
+"""`rtn`: the workbench's own round-to-nearest weight quantizer.
+
+The reference the notebooks teach with and other backends are checked against:
+every selected `nn.Linear` becomes a `workbench.teach.quant.QuantLinear` that
+holds its weight as packed integer codes (2-8 bits) with float16 group scales
+(float32 per-channel or per-tensor scales) and, for affine quantization, uint8
+integer zero points. `forward` dequantizes on the fly: the memory saving is
+real, the speed is that of a reference, not of a fast kernel.
+
+Torch-free at import (the kernel lists methods): torch and the quantizer are
+imported inside `build()`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import InvalidParams, ParamError
+from ..params import Check, Param, Schema
+from .base import Built, Method
+
+CONFIG_FILE = "quant_config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def select_layers(names: Iterable[str], include: Iterable[str], exclude: Iterable[str]) -> list[str]:
+    """Names matching some `include` pattern and no `exclude` pattern (fnmatch on the full dotted name)."""
+    include, exclude = list(include), list(exclude)
+    return [
+        n for n in names
+        if any(fnmatch.fnmatchcase(n, p) for p in include) and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+    ]
+
+
+def valid_group_size(group_size: int) -> bool:
+    """-1 (per output channel), 0 (per tensor) or a positive multiple of 8."""
+    return group_size in (-1, 0) or (group_size >= 8 and group_size % 8 == 0)
+
+
+def group_sizes_dividing(in_dims: Iterable[int], limit: int = 8) -> list[int]:
+    """Valid group sizes (multiples of 8) that divide every input dimension, largest first."""
+    g = 0
+    for d in in_dims:
+        g = math.gcd(g, int(d))
+    return [s for s in range(g, 7, -1) if s % 8 == 0 and g % s == 0][:limit]
+
+
+def _check_group_size(values: Mapping[str, Any]) -> str | None:
+    gs = values.get("group_size")
+    if gs is None or valid_group_size(gs):
+        return None
+    return (
+        f"got {gs}; allowed: -1 (one scale per output channel), 0 (one scale per tensor) "
+        "or a multiple of 8 (input columns per group, e.g. 32, 64, 128)"
+    )
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+class RTN(Method):
+    """Round-to-nearest weight-only quantization with packed codes (the workbench's reference)."""
+
+    name = "rtn"
+    backend = "workbench"
+    env = "torch"
+    description = (
+        "Reference round-to-nearest weight quantization (2-8 bits, per tensor, channel or group; "
+        "symmetric or affine) with really packed codes, dequantized on the fly."
+    )
+    requires = ("torch", "safetensors")
+    devices = ("cpu", "cuda")
+    quantizes = True
+    schema = Schema(
+        (
+            Param("bits", "int", 4, minimum=2, maximum=8,
+                  help="Bits per weight code. Codes are bit-packed: 4 bits take half a byte."),
+            Param("sym", "bool", True,
+                  help="true: symmetric, codes in [-(2^(bits-1)-1), 2^(bits-1)-1] with no zero point "
+                       "(int4: [-7, 7]). false: affine, codes in [0, 2^bits-1] with an integer zero point "
+                       "per group; the range includes 0, so 0 stays exact."),
+            Param("group_size", "int", 64, minimum=-1,
+                  help="Consecutive input columns that share a scale, in each output row. "
+                       "-1: one scale per output channel; 0: one scale per tensor; else a multiple of 8 "
+                       "that divides the input dimension of every selected layer."),
+            Param("include", "list", ["*"],
+                  help="fnmatch patterns of the module names to quantize, matched against the full name "
+                       "(e.g. '*.mlp.*', 'model.layers.1?.*')."),
+            Param("exclude", "list", ["lm_head"],
+                  help="fnmatch patterns of module names to leave in full precision. SmolLM2 ties lm_head "
+                       "to the embeddings: quantizing it unties it and adds its packed copy."),
+        ),
+        checks=(Check(("group_size",), _check_group_size),),
+    )
+
+    # --- kernel side (no torch) -------------------------------------------
+    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
+        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
+        if not layers:
+            return []  # shapes unknown before loading: build() checks them on the model
+        p, errors = self.schema.errors(params)
+        if errors:
+            return []  # the schema's own errors are reported by whoever validated the params
+        return self._shape_errors(layers, p["include"], p["exclude"], p["group_size"])
+
+    @staticmethod
+    def _shape_errors(
+        layers: Mapping[str, tuple[int, int]], include: list[str], exclude: list[str], group_size: int
+    ) -> list[ParamError]:
+        selected = select_layers(layers, include, exclude)
+        if not selected:
+            names = list(layers)
+            return [ParamError(
+                "include",
+                f"include={include} with exclude={exclude} selects none of the {len(names)} linear layers; "
+                f"patterns match the full module name (e.g. '*.q_proj', '*mlp*'). Layers: {_few(names, 4)}",
+            )]
+        if group_size <= 0:
+            return []
+        bad = [n for n in selected if int(layers[n][1]) % group_size]
+        if not bad:
+            return []
+        dims = sorted({int(layers[n][1]) for n in bad})
+        dim_text = f"the input dimension {dims[0]}" if len(dims) == 1 else \
+            "the input dimensions " + ", ".join(map(str, dims))
+        fits = group_sizes_dividing(int(layers[n][1]) for n in selected)
+        hint = (f"group sizes that divide every selected layer: {', '.join(map(str, fits))}; "
+                if fits else "no multiple of 8 divides every selected layer; ")
+        return [ParamError(
+            "group_size",
+            f"group_size={group_size} does not divide {dim_text} of {len(bad)} layer"
+            f"{'s' if len(bad) != 1 else ''} ({_few(bad)}); {hint}"
+            "or -1 (one scale per output channel), or leave those layers out with exclude",
+        )]
+
+    # --- worker side -------------------------------------------------------
+    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+        import torch
+
+        from ..teach.quant import QuantLinear
+
+        p = self.schema.normalize(params, "rtn")
+        bits, sym, group_size = p["bits"], p["sym"], p["group_size"]
+        model = ctx.load_model("float32")
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        shapes = {n: (m.out_features, m.in_features) for n, m in linears.items()}
+        errors = self._shape_errors(shapes, p["include"], p["exclude"], group_size)
+        if errors:
+            raise InvalidParams(errors, "rtn")
+        selected = select_layers(linears, p["include"], p["exclude"])
+        notes = _tie_notes(model, linears, selected)
+
+        for i, name in enumerate(selected):
+            ctx.progress("quantize", i / len(selected), name)
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, QuantLinear.from_linear(linears[name], bits, sym, group_size))
+        ctx.progress("quantize", 1.0, f"{len(selected)} layers")
+        del linears  # the float weights of replaced layers are freed with it
+
+        skipped = [n for n in shapes if n not in set(selected)]
+        if skipped:
+            notes.append(f"left in float32 (not selected): {_few(skipped, 5)}")
+        notes.append(
+            "scales: float16 per group" if group_size > 0 else
+            f"scales: float32 per {'output channel' if group_size == -1 else 'tensor'}"
+        )
+        config = {
+            "format": "workbench-rtn",
+            "format_version": FORMAT_VERSION,
+            "bits": bits,
+            "sym": sym,
+            "group_size": group_size,
+            "include": list(p["include"]),
+            "exclude": list(p["exclude"]),
+            "layers": {n: list(shapes[n]) for n in selected},
+        }
+        return Built(
+            model=model,
+            layers_quantized=len(selected),
+            layers_eligible=len(shapes),
+            kernel="rtn dequantize-on-the-fly (reference, not a fast kernel)",
+            save=lambda path: save_quantized(model, Path(path), config),
+            notes=notes,
+        )
+
+    def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        p = self.schema.normalize(params, "rtn")
+        return (
+            "import fnmatch\n\n"
+            "import torch\n"
+            "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
+            "from workbench.teach.quant import QuantLinear  # packed codes, dequantized in forward\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32).eval()\n"
+            f"include, exclude = {list(p['include'])!r}, {list(p['exclude'])!r}\n"
+            "selected = [\n"
+            "    name for name, m in model.named_modules()\n"
+            "    if isinstance(m, torch.nn.Linear)\n"
+            "    and any(fnmatch.fnmatchcase(name, pat) for pat in include)\n"
+            "    and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)\n"
+            "]\n"
+            "if 'lm_head' in selected:\n"
+            "    model.config.tie_word_embeddings = False  # replacing lm_head unties it from the embeddings\n"
+            "for name in selected:\n"
+            "    parent_name, _, child = name.rpartition('.')\n"
+            "    parent = model.get_submodule(parent_name)\n"
+            "    linear = getattr(parent, child)\n"
+            "    # per row, per group of input columns: W_q = clip(round(W / S + Z)), W_hat = S * (W_q - Z)\n"
+            f"    setattr(parent, child, QuantLinear.from_linear(linear, bits={p['bits']}, sym={p['sym']}, "
+            f"group_size={p['group_size']}))\n"
+        )
+
+
+def _tie_notes(model: Any, linears: Mapping[str, Any], selected: list[str]) -> list[str]:
+    """Untie selected layers whose weight is shared with another module (lm_head and the embeddings)."""
+    owners: dict[int, list[str]] = {}
+    for pname, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(pname)
+    notes = []
+    for name in selected:
+        shared = [o for o in owners.get(id(linears[name].weight), []) if o != f"{name}.weight"]
+        if not shared:
+            continue
+        notes.append(
+            f"{name} was tied to {', '.join(shared)}: untied, {name} is quantized and "
+            f"{shared[0].rsplit('.', 1)[0]} stays float32 (both are stored)"
+        )
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "tie_word_embeddings", False):
+            # Stops transformers from tying them again (tie_weights) after the replacement.
+            config.tie_word_embeddings = False
+    return notes
+
+
+def save_quantized(model: Any, path: Path, config: Mapping[str, Any]) -> None:
+    """Write `model.safetensors` (packed codes, scales, the rest as is) and `quant_config.json`.
+
+    Tensors shared by several state-dict keys (tied weights) are written once;
+    `quant_config.json` lists the other keys under "aliases". The model's
+    config.json is written too when it has one, so the directory describes itself.
+    """
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    tensors, aliases, seen = {}, {}, {}
+    for key, t in model.state_dict().items():
+        ident = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if t.numel() and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        tensors[key] = t.detach().contiguous().cpu()
+    save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt", "quantization": "workbench-rtn"})
+    (path / CONFIG_FILE).write_text(json.dumps({**config, "aliases": aliases}, indent=1))
+    if hasattr(getattr(model, "config", None), "to_json_file"):
+        model.config.to_json_file(str(path / "config.json"))
+
+
+def load_quantized(model: Any, path: Path) -> Any:
+    """Put the layers saved by `save_quantized` into `model` (the same architecture, loaded in float).
+
+    Returns the model, with the listed layers replaced by `QuantLinear` and every
+    tensor loaded from the file (strictly: a missing or extra key is an error).
+    """
+    from safetensors.torch import load_file
+
+    from ..teach.quant import QuantLinear
+
+    path = Path(path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    if config.get("format") != "workbench-rtn":
+        raise ValueError(f"{path / CONFIG_FILE}: not a workbench rtn checkpoint")
+    for name, (out_f, in_f) in config["layers"].items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        device = old.weight.device
+        setattr(parent, child, QuantLinear(in_f, out_f, config["bits"], config["sym"], config["group_size"],
+                                           bias=old.bias is not None, device=device))
+    if "lm_head" in config["layers"] and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False
+    state = load_file(str(path / WEIGHTS_FILE))
+    for key, target in config.get("aliases", {}).items():
+        state[key] = state[target]
+    model.load_state_dict(state, strict=True)
+    return model

