@@ -54,8 +54,15 @@ AXIS_TITLES: dict[str, str] = {
 
 # --- helpers -----------------------------------------------------------------
 def _esc(value: Any) -> str:
-    # quote=False: plotly shows quotes literally but would print &quot; as is in some places.
-    return html.escape("" if value is None else str(value), quote=False)
+    # Quotes are harmless in plotly's text; only markup characters need escaping.
+    return html.escape(_str(value), quote=False)
+
+
+def _str(value: Any) -> str:
+    """Text of a cell: "" for None and NaN (pandas turns a missing string into NaN)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return str(value)
 
 
 def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
@@ -214,7 +221,7 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
         sub = points[points["model"].astype(str) == model]
         front = pareto_front(sub, "_x", "_y", minimize_x=True, minimize_y=minimize)
         labels = [_esc(v) for v in sub["label"]]
-        custom = [[_esc(params_text(p)), layers_text(q, e), _esc(k or "")] for p, q, e, k in
+        custom = [[_esc(params_text(p)), layers_text(q, e), _esc(k)] for p, q, e, k in
                   zip(sub["params"], sub["layers_quantized"], sub["layers_eligible"], sub["kernel"])]
         prefix = f"{_esc(model)}: " if len(models) > 1 else ""
         fig.add_trace(go.Scatter(
@@ -223,7 +230,7 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
             text=labels, textposition="top center", customdata=custom,
             marker={"size": [13 if f else 9 for f in front], "symbol": ["diamond" if f else "circle" for f in front]},
             hovertemplate=("<b>%{text}</b><br>" + AXIS_TITLES.get(memory, memory) + ": %{x:.2f}<br>"
-                           + accuracy + ": %{y:.4g}<br>params: %{customdata[0]}<br>"
+                           + _esc(accuracy) + ": %{y:.4g}<br>params: %{customdata[0]}<br>"
                            "layers quantized: %{customdata[1]}<br>kernel: %{customdata[2]}<extra></extra>"),
         ))
         fsub = sub[front].sort_values("_x")
@@ -394,8 +401,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "decode tok/s": num("decode_tok_s", 1, 1),
         "layers": [layers_text(q, e) for q, e in zip(df.get("layers_quantized", [None] * len(df)),
                                                  df.get("layers_eligible", [None] * len(df)))],
-        "kernel": [("" if k is None or (isinstance(k, float) and pd.isna(k)) else str(k))
-                   for k in df.get("kernel", [None] * len(df))],
+        "kernel": [_str(k) for k in df.get("kernel", [None] * len(df))],
     }, index=df.index)
     return out.reset_index(drop=True)
 

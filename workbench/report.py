@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import math
 import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -120,10 +121,10 @@ def _generation(results: list[RunResult]) -> str:
     table = plots.generation_table(results)
     if len(table) == 0:
         return _note("no generation tables in the successful runs")
-    parts = ["<h3>All runs, side by side</h3>", _df_html(table)]
+    parts = ["<h3>All runs, side by side</h3>", _df_html(table, measured=True)]
     for run, rows in table.groupby("Run", sort=False):
         parts.append(f"<h3>{_e(run)}</h3>")
-        parts.append(_df_html(rows.drop(columns=["Run"])))
+        parts.append(_df_html(rows.drop(columns=["Run"]), measured=True))
     return "\n".join(parts)
 
 
@@ -198,8 +199,32 @@ def _annotation(fig: go.Figure) -> str:
     return html.unescape(texts[0]) if texts else "nothing to show"
 
 
-def _df_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, escape=True, na_rep="", border=0)
+def _df_html(df: pd.DataFrame, measured: bool = False) -> str:
+    """A frame as an HTML table, every cell escaped; missing values (NaN, None) left blank.
+
+    `measured`: timings and rates, shown to about four significant digits
+    (more would be noise); otherwise numbers are shown as the frame has them.
+    """
+    fmt = _measured if measured else _exact
+    cells = df.astype(object).map(lambda v: "" if _missing(v) else fmt(v) if isinstance(v, float) else str(v))
+    return cells.to_html(index=False, escape=True, border=0)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _exact(v: float) -> str:
+    return f"{v:,.10g}"
+
+
+def _measured(v: float) -> str:
+    a = abs(v)
+    if a >= 100:
+        return f"{v:,.0f}"
+    if a >= 1:
+        return f"{v:.3g}" if a < 10 else f"{v:.1f}"
+    return f"{v:.3g}"
 
 
 def _now() -> str:

@@ -129,6 +129,10 @@ class Session:
             errors += cls().check_model(params, info)
         if errors:
             raise InvalidParams(errors, context=f"{cls.name} on {spec.model.id}")
+        if not spec.data.source.startswith("hub:"):
+            from .data import text
+
+            text.load_text(spec.data)  # DataError for a missing, unreadable or empty file; cheap otherwise
         if device == "cuda" and not cuda_present():
             raise MethodUnavailable("device: cuda was asked for but this machine has no CUDA device; allowed here: cpu")
         reason = registry.unavailable_reason(ref) or cls().unavailable_reason(params, spec.device)

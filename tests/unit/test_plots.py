@@ -282,3 +282,12 @@ def test_malformed_table_is_skipped_not_raised():
     assert [t.name for t in plots.latency_per_batch([good, bad]).data] == ["rtn bits=8"]
     assert len(plots.tokens_per_s_per_length([good, bad]).data) == 2
     assert len(plots.throughput_per_batch([bad]).data) == 0
+
+
+def test_missing_kernel_reads_blank_not_nan():
+    a = run("a", "baseline", {}, weights_bytes=2 * MIB, perplexity=10.0)
+    b = run("b", "rtn", {"bits": 4}, weights_bytes=1 * MIB, perplexity=11.0)
+    a.kernel = None  # pandas may turn the missing string into NaN
+    df = plots.results_frame([a, b])
+    assert [c[2] for c in plots.accuracy_vs_memory(df).data[0].customdata] == ["", "reference-dequant"]
+    assert plots.summary_table(df)["kernel"].tolist() == ["", "reference-dequant"]

@@ -88,7 +88,7 @@ def test_report_sections_labels_and_environment(results):
     assert "lm_head left in fp32 &lt;by design&gt;" in env
     # The generation table: stacked ("side by side") and per run.
     gen = page[page.index("<h2>Generation"):page.index("<h2>Failed runs</h2>")]
-    assert "All runs, side by side" in gen and "401.5" in gen
+    assert "All runs, side by side" in gen and "<td>402</td>" in gen and "<td>256</td>" in gen
     assert gen.count("<table") == 3
 
 
