@@ -66,7 +66,8 @@ class BuildContext:
 
         t0 = time.perf_counter()
         self.progress("load", None, f"loading {self.spec.model.id} ({dtype})")
-        model = loader.load_model(self.spec.model, kind=self.model_info.kind, dtype=dtype, device=self.device, **kwargs)
+        model = loader.load_model(self.spec.model, kind=self.model_info.kind, dtype=dtype, device=self.device,
+                                  progress=lambda f, m="": self.progress("load", f, m), **kwargs)
         self.load_s += time.perf_counter() - t0
         return model
 

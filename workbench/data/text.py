@@ -6,8 +6,9 @@ A `DataSpec.source` is one of:
 - `hub:NAME` or `hub:NAME/CONFIG`: a `datasets` dataset (needs the library, and the hub or its cache).
 
 The text is split once near its middle: evaluation windows and embedding
-sentences come from the first half, calibration samples only from the second,
-so calibration never sees the tokens a method is evaluated on.
+sentences come from the first half, calibration samples only from the second
+(less any paragraph the first half also contains), so calibration never sees
+the text a method is evaluated on.
 
 Torch-free: standard library only (`datasets` is imported lazily for hub sources).
 """
@@ -22,6 +23,8 @@ from ..spec import DataSpec
 
 SOURCE_FORMS = "pydoc-topics, file:PATH (.txt or .jsonl), hub:NAME or hub:NAME/CONFIG"
 SENTENCE_CHARS = 400
+# Heading underlines and horizontal rules ("*****", "=====") are not sentence text.
+_RULE = re.compile(r"([*=~^#-])\1{2,}")
 # A calibration/evaluation cut is searched for within this fraction of the text around the middle.
 _CUT_WINDOW = 0.1
 
@@ -62,21 +65,34 @@ def evaluation_text(data: DataSpec) -> str:
 
 
 def calibration_text(data: DataSpec) -> str:
-    """The calibration part of `data` (second half)."""
-    return split_text(load_text(data))[1]
+    """The calibration part of `data`: the second half, less what the first half also contains.
+
+    Texts repeat themselves (the pydoc topics hold the same data-model
+    passages under several topics), so paragraphs of the second half that
+    occur anywhere in the first half are dropped: calibration never sees text
+    a method is evaluated on.
+    """
+    evaluation, calibration = split_text(load_text(data))
+    return disjoint_paragraphs(calibration, evaluation)
+
+
+def disjoint_paragraphs(text: str, other: str) -> str:
+    """The paragraphs of `text` that do not occur in `other`, joined again with blank lines."""
+    kept = [p for p in text.split("\n\n") if p.strip() and p not in other]
+    return "\n\n".join(kept)
 
 
 def embedding_sentences(data: DataSpec) -> list[str]:
     """The first `data.embed_sentences` paragraphs of the evaluation part, for encoder comparisons.
 
-    Each paragraph has its whitespace collapsed and is cut to about 400
-    characters at a word boundary; paragraphs without letters (rules, blank
-    code lines) are skipped. DataError when there are fewer than asked for.
+    Each paragraph loses heading underlines, has its whitespace collapsed and is
+    cut to at most 400 characters at a word boundary; paragraphs without
+    letters are skipped. DataError when there are fewer than asked for.
     """
     want = data.embed_sentences
     out: list[str] = []
     for para in evaluation_text(data).split("\n\n"):
-        s = " ".join(para.split())
+        s = " ".join(_RULE.sub(" ", para).split())
         if not re.search(r"[^\W\d_]", s):
             continue
         out.append(_trim(s, SENTENCE_CHARS))
@@ -161,7 +177,9 @@ def _hub_text(raw: str, data: DataSpec) -> str:
             f"(offline?): {type(e).__name__}: {e}; use file:PATH with a local .txt or .jsonl instead"
         ) from None
     if data.text_field not in ds.column_names:
-        raise DataError(f"data.text_field: hub dataset {raw} has no column {data.text_field!r}; columns: {ds.column_names}")
+        raise DataError(
+            f"data.text_field: hub dataset {raw} has no column {data.text_field!r}; columns: {ds.column_names}"
+        )
     text = "\n\n".join(t for t in ds[data.text_field] if isinstance(t, str) and t.strip())
     if not text:
         raise DataError(f"data.source: hub dataset {raw} split {data.split!r} has no text in {data.text_field!r}")

@@ -185,7 +185,7 @@ def embedded_package_dir(name: str) -> Path | None:
 
 
 def infer_kind(config: dict, where: str = "") -> str:
-    """"causal-lm" or "encoder" from `architectures` / `model_type`; ModelNotFound otherwise."""
+    """The kind of model, "causal-lm" or "encoder", from `architectures` / `model_type`; ModelNotFound otherwise."""
     archs = [a for a in (config.get("architectures") or []) if isinstance(a, str)]
     model_type = str(config.get("model_type", ""))
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or model_type in _CAUSAL_TYPES:
@@ -205,12 +205,19 @@ def looks_like_hub_id(ident: str) -> bool:
     return bool(_HUB_ID.match(ident)) and ".." not in ident
 
 
+def looks_like_path(ident: str) -> bool:
+    """True for strings that can only mean a filesystem path (absolute, ./, ~, a/b/c)."""
+    return ident.startswith(("/", "./", "../", "~")) or ident.count("/") > 1 or os.sep != "/" and os.sep in ident
+
+
 def hub_offline() -> bool:
     """True when the user asked for no network (HF_HUB_OFFLINE or WORKBENCH_OFFLINE)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "WORKBENCH_OFFLINE"))
+    flags = (os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE", "WORKBENCH_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags)
 
 
 def hub_unreachable_message(ident: str) -> str:
+    """The one message for a hub id that cannot be fetched: what to do instead."""
     return (
         f"model: cannot reach the Hugging Face hub for {ident!r} (offline?): download the model elsewhere "
         "and pass its local directory, e.g. --model /path/to/model"
@@ -285,11 +292,6 @@ _ENCODER_SUFFIXES = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTo
 _KIND_HINT = "the workbench handles causal LMs (…ForCausalLM) and encoders (BertModel-like)"
 
 
-def looks_like_path(ident: str) -> bool:
-    """True for strings that can only mean a filesystem path (absolute, ./, ~, a/b/c)."""
-    return ident.startswith(("/", "./", "../", "~")) or ident.count("/") > 1 or os.sep != "/" and os.sep in ident
-
-
 def _describe_catalog(e: CatalogEntry) -> ModelInfo:
     config = catalog_config(e.name)
     return ModelInfo(
@@ -331,7 +333,9 @@ def _read_config(directory: Path, where: str) -> dict:
 
 def _describe_local(ident: str, directory: Path) -> ModelInfo:
     if not directory.is_dir():
-        raise ModelNotFound(f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)")
+        raise ModelNotFound(
+            f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)"
+        )
     config = _read_config(directory, f"model directory {ident}")
     return ModelInfo(
         name=ident,

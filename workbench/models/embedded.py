@@ -28,9 +28,10 @@ from typing import Any, Callable, Iterator
 
 from .. import paths
 from ..errors import MethodUnavailable
-from .catalog import CATALOG, MANIFEST, catalog_config, embedded_package_dir
+from .catalog import CATALOG, MANIFEST, embedded_package_dir
 
-Progress = Callable[[str, "float | None", str], None]
+# progress(fraction or None, message): the worker turns it into progress lines of its "load" stage.
+Progress = Callable[["float | None", str], None]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion recipe changes: cached conversions are then redone.
@@ -84,7 +85,7 @@ def verify_manifest(directory: str | Path, recipe: dict[str, Any] | None = None)
         return [f"{directory}: built by recipe {manifest.get('recipe')}, expected {recipe}"]
     problems = []
     stamp = []
-    for name, digest in sorted(manifest["files"].items()):
+    for name in sorted(manifest["files"]):
         file = directory / name
         if not file.is_file():
             problems.append(f"{name}: missing")
@@ -136,9 +137,10 @@ def build_once(
         if not problems:
             return final  # another worker built it while we waited
         if final.exists() and progress:
-            progress("prepare model", None, f"rebuilding {name}: {problems[0]}")
+            progress(None, f"rebuilding {name}: {problems[0]}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the cache may be shared
             build(tmp)
             write_manifest(tmp, recipe)
             if final.exists():
@@ -150,6 +152,12 @@ def build_once(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return final
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --- SmolLM2 ---------------------------------------------------------------------
@@ -176,11 +184,11 @@ def _convert_smollm2(gguf: Path, out: Path, progress: Progress | None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if progress:
-        progress("prepare model", 0.0, "converting the embedded SmolLM2 GGUF to fp32 safetensors (about 30 s, once)")
+        progress(0.0, "converting the embedded SmolLM2 GGUF to fp32 safetensors (about 30 s, once)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     if progress:
-        progress("prepare model", 0.7, "saving fp32 safetensors")
+        progress(0.7, "saving fp32 safetensors")
     # save_pretrained would otherwise try to re-serialize through the GGUF quantizer.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -189,7 +197,7 @@ def _convert_smollm2(gguf: Path, out: Path, progress: Progress | None) -> None:
     tok.save_pretrained(out)
     fix_saved_config(out)
     if progress:
-        progress("prepare model", 1.0, "SmolLM2 converted")
+        progress(1.0, "SmolLM2 converted")
 
 
 def fix_saved_config(directory: Path) -> None:
@@ -233,12 +241,12 @@ def embedded_dir(name: str, progress: Progress | None = None) -> Path:
         return smollm2_dir(progress)
     if name == "minilm-l6":
         return minilm_dir()
-    raise KeyError(f"{name!r} is not an embedded model; embedded: {[n for n, e in CATALOG.items() if e.source == 'embedded']}")
+    names = [n for n, e in CATALOG.items() if e.source == "embedded"]
+    raise KeyError(f"{name!r} is not an embedded model; embedded: {names}")
 
 
 __all__ = [
     "build_once",
-    "catalog_config",
     "embedded_dir",
     "file_lock",
     "fix_saved_config",

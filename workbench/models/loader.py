@@ -18,6 +18,7 @@ from ..spec import ModelSpec
 from .catalog import (
     CATALOG,
     fetch_hub_file,
+    hub_cache_dir,
     hub_offline,
     hub_unreachable_message,
     looks_like_hub_id,
@@ -46,7 +47,9 @@ def resolve(model: ModelSpec, progress: Progress | None = None) -> Path:
     local = Path(ident).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise ModelNotFound(f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)")
+            raise ModelNotFound(
+                f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)"
+            )
         if not (local / "config.json").is_file():
             raise ModelNotFound(f"model: model directory {ident} has no config.json")
         return local.resolve()
@@ -83,7 +86,13 @@ def _resolve_hub(model: ModelSpec) -> Path:
             f"model: loading {model.id!r} from the hub needs huggingface_hub; or download the model elsewhere "
             "and pass its local directory, e.g. --model /path/to/model"
         ) from None
-    kwargs = dict(repo_id=model.id, revision=model.revision, allow_patterns=_hub_patterns(model))
+    kwargs = dict(
+        repo_id=model.id,
+        revision=model.revision,
+        allow_patterns=_hub_patterns(model),
+        # huggingface_hub reads HF_HOME once at import; describe() reads it per call: agree with describe().
+        cache_dir=str(hub_cache_dir()),
+    )
     try:
         cached = Path(snapshot_download(local_files_only=True, **kwargs))
         if (cached / "config.json").is_file() and _has_weights(cached, model):

@@ -37,7 +37,7 @@ def tiny_dir(name: str, progress: Progress | None = None) -> Path:
 
     def build(out: Path) -> None:
         if progress:
-            progress("prepare model", None, f"building the tiny test model {name}")
+            progress(None, f"building the tiny test model {name}")
         build_tiny(name, out)
 
     return build_once(name, recipe, build, progress=progress)
@@ -98,7 +98,9 @@ def _bert_tokenizer(config: dict):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=config["vocab_size"], special_tokens=BERT_SPECIAL, show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=config["vocab_size"], special_tokens=BERT_SPECIAL, show_progress=False
+    )
     tok.train_from_iterator(_training_text(), trainer=trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
