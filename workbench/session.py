@@ -208,7 +208,9 @@ def _dataclass_from(cls: type, values: Mapping[str, Any], what: str) -> Any:
 def _progress_bar(spec: RunSpec) -> tuple[Any, Progress]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=100, desc=f"{spec.model.id} {spec.label}"[:60], unit="%", leave=True,
+    from .result import label
+
+    bar = tqdm(total=100, desc=f"{spec.model.id} {label(spec.method, spec.params)}"[:60], unit="%", leave=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
     stages = ["load", "reference", "build", "quantize", "save", "perplexity", "embeddings", "latency", "done"]
 

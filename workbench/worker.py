@@ -168,14 +168,14 @@ def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tupl
 
         windows = splits.eval_windows(ctx.tokenizer(), ctx.spec.data)
         metrics, ref = accuracy.causal_lm_eval(
-            model, windows, reference_out, progress=lambda f: ctx.progress("perplexity", f)
+            model, windows, reference_out, progress=lambda f: ctx.progress("perplexity", f), device=ctx.device
         )
         return metrics, {"kind": "causal-lm", **ref}
     from .data import text
 
     sentences = text.embedding_sentences(ctx.spec.data)
     ctx.progress("embeddings", None, f"{len(sentences)} sentences")
-    emb = accuracy.encoder_embeddings(model, ctx.tokenizer(), sentences)
+    emb = accuracy.encoder_embeddings(model, ctx.tokenizer(), sentences, device=ctx.device)
     metrics: dict = {}
     if reference_out is not None:
         metrics.update(accuracy.embedding_cosine(emb, reference_out["embeddings"]))

@@ -104,7 +104,7 @@ def generation_table(
     warmup: int,
     repeats: int,
     device: str = "cpu",
-    pad_token_id: int = 0,
+    pad_token_id: int | None = 0,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Prefill and decode speed per prompt length, in the layout of the
@@ -174,7 +174,7 @@ def throughput_table(
     warmup: int,
     repeats: int,
     device: str = "cpu",
-    pad_token_id: int = 0,
+    pad_token_id: int | None = 0,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """End-to-end generate throughput per batch size: B * D / (median time of a
@@ -212,13 +212,15 @@ def throughput_table(
 
 
 def greedy_generate(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int, pad_token_id: int
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int, pad_token_id: int | None
 ) -> Any:
     """Greedy generation of exactly `new_tokens` tokens: no sampling, no stop at EOS.
 
     `min_new_tokens` masks EOS until the end and `eos_token_id=None` turns stopping
     off, so a model that happens to predict EOS early is still timed on the same
-    work. Generation warnings (unused sampling flags of the model's own generation
+    work. A tokenizer without a pad token gives `pad_token_id=None`; 0 stands in
+    (the prompts are unpadded and no sequence finishes early, so it is never
+    used, but `generate` wants one). Generation warnings (unused sampling flags of the model's own generation
     config) are silenced: they say nothing about the measurement.
     """
     with torch.inference_mode(), _quiet():
@@ -228,12 +230,14 @@ def greedy_generate(
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
-            pad_token_id=pad_token_id,
+            pad_token_id=0 if pad_token_id is None else pad_token_id,
             eos_token_id=None,
         )
 
 
-def random_tokens(batch_size: int, seq_len: int, vocab_size: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def random_tokens(
+    batch_size: int, seq_len: int, vocab_size: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids from a fixed seed (the same for every method) and an all-ones attention mask."""
     _check_count("vocab_size", vocab_size, minimum=1)
     gen = torch.Generator().manual_seed(SEED)

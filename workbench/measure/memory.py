@@ -76,14 +76,19 @@ def dir_bytes(path: str | os.PathLike[str]) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The peak resident set size of this process so far (its whole life, not a phase)."""
+    """The peak resident set size of this process so far (its whole life, not a phase).
+
+    `ru_maxrss`, but never below the current RSS: the kernel's high-water mark
+    lags the page counters by a few pages, enough to read below `current_rss_bytes()`.
+    """
     try:
         import resource
     except ImportError:  # Windows
-        return _psutil_rss(peak=True)
+        return max(_psutil_rss(peak=True), current_rss_bytes())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+    peak = int(peak) if sys.platform == "darwin" else int(peak) * 1024
+    return max(peak, current_rss_bytes())
 
 
 def current_rss_bytes() -> int:
