@@ -127,6 +127,7 @@ def _print_result(result: RunResult, as_json: bool) -> None:
         cached = " (cached)" if result.cached else ""
         print(f"{result.status.value}{cached}: {result.model} {result.method} {json.dumps(result.params)}")
         for name in ("weights_bytes", "disk_bytes", "peak_rss_bytes", "perplexity", "kl_div", "top1_agreement",
+                     "next_token_accuracy",
                      "embedding_cosine", "forward_ms", "prefill_tok_s", "decode_tok_s", "generate_tok_s"):
             if m.get(name) is not None:
                 print(f"  {name:>16}: {_fmt(name, m[name])}")

@@ -40,6 +40,7 @@ METRIC_NAMES = (
     "perplexity",
     "kl_div",
     "top1_agreement",
+    "next_token_accuracy",
     "embedding_cosine",
     "embedding_cosine_min",
     "forward_ms",
@@ -166,18 +167,34 @@ class RunResult:
 
 
 def label(method: str, params: Mapping[str, Any]) -> str:
-    """A short name for a configuration, e.g. `rtn bits=4 group_size=64 sym`."""
+    """A short name for a configuration, e.g. `rtn bits=4 group_size=64 sym=false`.
+
+    Scalars are always shown (a reader compares them across rows); list parameters only
+    when they differ from the method's default, which keeps include/exclude patterns out
+    of every label.
+    """
+    defaults = _defaults(method)
     parts = [method]
     for k, v in sorted(params.items()):
+        if v is None or (isinstance(v, (list, tuple)) and (not v or list(v) == defaults.get(k))):
+            continue
         if isinstance(v, bool):
-            if v:
-                parts.append(k)
+            parts.append(k if v else f"{k}=false")
         elif isinstance(v, (list, tuple)):
-            if v:
-                parts.append(f"{k}={'|'.join(map(str, v))}")
-        elif v is not None:
+            parts.append(f"{k}={'|'.join(map(str, v))}")
+        else:
             parts.append(f"{k}={v}")
     return " ".join(parts)
+
+
+def _defaults(method: str) -> dict[str, Any]:
+    try:
+        from .registry import methods
+
+        ref = methods().get(method)
+        return ref.cls.schema.defaults() if ref else {}
+    except Exception:  # noqa: BLE001 - a label must never fail (e.g. a plug-in that no longer imports)
+        return {}
 
 
 def _json_default(o: Any) -> Any:

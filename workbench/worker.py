@@ -133,6 +133,7 @@ def compute_reference(spec: RunSpec, model_info: Any) -> dict:
         emit("reference", None, "computing the fp32 baseline outputs once for this model and data")
         model = ctx.load_model("float32")
         _, ref = _accuracy(ctx, model, None)
+        ref = _without_targets(ref)
         reference.save_reference(spec.model, spec.data, ref)
         del model
         gc.collect()
@@ -161,6 +162,10 @@ def ensure_reference_in_subprocess(spec: RunSpec) -> None:
 
 
 def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tuple[dict, dict]:
+    """Accuracy metrics and this model's own outputs (the reference, when it is the baseline).
+
+    For causal LMs the outputs also hold "targets" (the true next tokens), for the task metric.
+    """
     from .measure import accuracy
 
     if ctx.model_info.kind == "causal-lm":
@@ -170,7 +175,7 @@ def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tupl
         metrics, ref = accuracy.causal_lm_eval(
             model, windows, reference_out, progress=lambda f: ctx.progress("perplexity", f), device=ctx.device
         )
-        return metrics, {"kind": "causal-lm", **ref}
+        return metrics, {"kind": "causal-lm", **ref, "targets": windows[:, 1:].reshape(-1)}
     from .data import text
 
     sentences = text.embedding_sentences(ctx.spec.data)
@@ -180,6 +185,23 @@ def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tupl
     if reference_out is not None:
         metrics.update(accuracy.embedding_cosine(emb, reference_out["embeddings"]))
     return metrics, {"kind": "encoder", "embeddings": emb}
+
+
+def _task_metrics(own: dict) -> dict:
+    """Task metrics through `evaluate` (the metric scripts ship with the workbench).
+
+    Causal LMs: next-token accuracy, the share of evaluation tokens the model's greedy
+    prediction gets right. Run last: `evaluate` imports pandas and pyarrow, which must
+    not count in the run's peak memory.
+    """
+    if own.get("kind") != "causal-lm":
+        return {}
+    from .measure.evaluate_metrics import load_metric
+
+    preds = own["topk_idx"][:, 0].tolist()
+    refs = own["targets"].tolist()
+    out = load_metric("accuracy").compute(predictions=preds, references=refs)
+    return {"next_token_accuracy": float(out["accuracy"])}
 
 
 def _latency(ctx: BuildContext, model: Any) -> tuple[dict, dict]:
@@ -263,6 +285,7 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             ctx = BuildContext(spec, model_info, workdir, report)
             is_reference = not method_cls.quantizes and params.get("dtype", "float32") == "float32"
             reference_out = None
+            own: dict | None = None
             if spec.bench.accuracy and not is_reference:
                 report("reference", None, "baseline outputs")
                 ensure_reference_in_subprocess(spec)
@@ -306,8 +329,8 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
                         reference_out = reference.load_reference(spec.model, spec.data)
                         if reference_out is None:
                             _, reference_out = _accuracy(ctx, model, None)
-                            reference.save_reference(spec.model, spec.data, reference_out)
-                metrics, _ = _accuracy(ctx, model, reference_out)
+                            reference.save_reference(spec.model, spec.data, _without_targets(reference_out))
+                metrics, own = _accuracy(ctx, model, reference_out)
                 result.metrics.update(metrics)
 
             if spec.bench.latency:
@@ -319,6 +342,9 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             cuda = memory.cuda_max_allocated_bytes() if spec.device.startswith("cuda") else None
             if cuda is not None:
                 result.metrics["cuda_max_allocated_bytes"] = cuda
+            if own is not None:
+                report("task metrics", None, "next-token accuracy through evaluate")
+                result.metrics.update(_task_metrics(own))
             report("done", 1.0)
             return finish(RunStatus.OK)
         except InvalidParams as e:
@@ -334,6 +360,10 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
         except Exception as e:  # noqa: BLE001 - a backend failure is one failed run, stored with its traceback
             status = RunStatus.OOM if _looks_like_oom(e) else RunStatus.CRASHED
             return finish(status, f"{type(e).__name__}: {e}\n{_tb()}")
+
+
+def _without_targets(outputs: dict) -> dict:
+    return {k: v for k, v in outputs.items() if k != "targets"}
 
 
 def _collect(record: list, caught: Counter[str]) -> None:
