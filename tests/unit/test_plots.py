@@ -111,7 +111,7 @@ def test_accuracy_vs_memory_causal_lm(results):
     # Four successful runs; the oom one is left out.
     assert len(points.x) == 4
     assert list(points.text) == ["baseline", "rtn bits=8 group_size=64 sym", "rtn bits=8 group_size=128 sym",
-                                 "rtn bits=4 group_size=64"]
+                                 "rtn bits=4 group_size=64 sym=false"]
     assert list(points.marker.symbol) == ["diamond", "diamond", "circle", "diamond"]
     # The front goes left to right in MB: k3 (84), k1 (140), baseline (538).
     assert list(front.x) == pytest.approx([84.0, 140.0, 538.0])
