@@ -145,6 +145,20 @@ def test_rss_tracks_a_large_allocation():
     assert peak >= during > 0
 
 
+def test_phase_peak_resets_but_the_run_peak_is_kept():
+    big = torch.ones(50_000_000)  # 200 MB, touched
+    assert big[-1].item() == 1.0
+    del big
+    run_peak = memory.peak_rss_bytes()
+    if not memory.reset_phase_peak():
+        pytest.skip("this kernel cannot reset the RSS high-water mark")
+    small = torch.ones(2_000_000)
+    assert small[-1].item() == 1.0
+    phase = memory.phase_peak_bytes()
+    assert phase < run_peak - 150 * 2**20  # the freed 200 MB are not in this phase
+    assert memory.peak_rss_bytes() >= run_peak  # but the process peak remembers them
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
 def test_cuda_max_allocated_is_none_without_cuda():
     assert memory.cuda_max_allocated_bytes() is None

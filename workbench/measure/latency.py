@@ -75,6 +75,7 @@ def forward_table(
     sync = _sync_for(device)
     rows = []
     for i, bs in enumerate(batch_sizes):
+        _reset_memory(device)
         ids, mask = random_tokens(bs, seq_len, vocab_size, device)
         with torch.inference_mode():
             m = time_repeats(lambda: model(input_ids=ids, attention_mask=mask), warmup, repeats, sync)
@@ -126,6 +127,7 @@ def generation_table(
     sync = _sync_for(device)
     rows = []
     for i, length in enumerate(prompt_lengths):
+        _reset_memory(device)
         ids, mask = random_tokens(batch_size, length, vocab_size, device)
         prefill = time_repeats(lambda: greedy_generate(model, ids, mask, 1, pad_token_id), warmup, repeats, sync)
         full = time_repeats(
@@ -190,6 +192,7 @@ def throughput_table(
     sync = _sync_for(device)
     rows = []
     for i, bs in enumerate(batch_sizes):
+        _reset_memory(device)
         ids, mask = random_tokens(bs, prompt_length, vocab_size, device)
         m = time_repeats(lambda: greedy_generate(model, ids, mask, decode_tokens, pad_token_id), warmup, repeats, sync)
         rows.append(
@@ -256,8 +259,16 @@ def _sync_for(device: str) -> Callable[[], None] | None:
     return None
 
 
+def _reset_memory(device: str) -> None:
+    """Start measuring the peak memory of one table row."""
+    memory.reset_phase_peak()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _memory_columns(device: str) -> dict[str, float]:
-    cols = {"peak_rss_mb": memory.peak_rss_bytes() / 2**20}
+    """Peak memory of the row since `_reset_memory` (RSS; CUDA max allocated on GPU)."""
+    cols = {"peak_rss_mb": memory.phase_peak_bytes() / 2**20}
     if device.startswith("cuda"):
         cuda = memory.cuda_max_allocated_bytes()
         if cuda is not None:

@@ -75,12 +75,21 @@ def dir_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
+# The process peak before the last reset of the kernel's high-water mark (see reset_phase_peak).
+_peak_before_reset = 0
+
+
 def peak_rss_bytes() -> int:
     """The peak resident set size of this process so far (its whole life, not a phase).
 
-    `ru_maxrss`, but never below the current RSS: the kernel's high-water mark
-    lags the page counters by a few pages, enough to read below `current_rss_bytes()`.
+    `ru_maxrss`, but never below the current RSS (the kernel's high-water mark lags
+    the page counters by a few pages) nor below a peak seen before `reset_phase_peak`.
     """
+    return max(_peak_before_reset, phase_peak_bytes())
+
+
+def phase_peak_bytes() -> int:
+    """The peak RSS since the last `reset_phase_peak()` (the whole life if never reset)."""
     try:
         import resource
     except ImportError:  # Windows
@@ -89,6 +98,23 @@ def peak_rss_bytes() -> int:
     # Linux reports kilobytes, macOS bytes.
     peak = int(peak) if sys.platform == "darwin" else int(peak) * 1024
     return max(peak, current_rss_bytes())
+
+
+def reset_phase_peak() -> bool:
+    """Start a new phase: the next `phase_peak_bytes()` is the peak of what follows.
+
+    Linux resets a process's RSS high-water mark (and so `ru_maxrss`) when "5" is
+    written to /proc/self/clear_refs; the peak so far is kept for `peak_rss_bytes()`.
+    Returns False where the reset is not possible (phase peaks are then process peaks).
+    """
+    global _peak_before_reset
+    _peak_before_reset = max(_peak_before_reset, phase_peak_bytes())
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def current_rss_bytes() -> int:
