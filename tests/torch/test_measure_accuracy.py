@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from workbench.errors import DataError
 from workbench.measure import accuracy
 
 VOCAB = 96
-SMOL_DIR = Path("/tmp/probe/smol")
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +174,11 @@ def test_embedding_cosine(tiny_encoder, tokenizer):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    # The lead switches this to the product's loader; until then the probe's conversion.
-    if not (SMOL_DIR / "model.safetensors").exists():
-        pytest.skip(f"no converted SmolLM2 at {SMOL_DIR}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from workbench.models import loader
+    from workbench.spec import ModelSpec
 
-    tok = AutoTokenizer.from_pretrained(SMOL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(SMOL_DIR, dtype=torch.float32).eval()
-    return model, tok
+    spec = ModelSpec("smollm2-135m")  # the product's conversion, cached in WORKBENCH_HOME
+    return loader.load_model(spec, kind="causal-lm"), loader.load_tokenizer(spec)
 
 
 @pytest.mark.torch
@@ -196,4 +191,4 @@ def test_smollm2_perplexity_on_pydoc_topics(smollm2):
     metrics, ref = accuracy.causal_lm_eval(model, windows, None)
     assert metrics["perplexity"] == pytest.approx(14.70, abs=0.05)
     assert metrics["eval_tokens"] == 8 * 511
-    assert ref["topk_idx"].shape == (8 * 511, 256)
+    assert ref["topk_idx"].shape == (8 * 511, 1024)
