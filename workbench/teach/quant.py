@@ -263,7 +263,8 @@ class QuantLinear(nn.Module):
             pshape, sdtype = (), torch.float32
         else:
             raise ValueError(f"group_size: got {group_size}; allowed: -1 (per channel), 0 (per tensor) or > 0")
-        self.register_buffer("qweight", torch.zeros(packing.packed_nbytes(numel, bits), dtype=torch.uint8, device=device))
+        nbytes = packing.packed_nbytes(numel, bits)
+        self.register_buffer("qweight", torch.zeros(nbytes, dtype=torch.uint8, device=device))
         self.register_buffer("scale", torch.ones(pshape, dtype=sdtype, device=device))
         if sym:
             self.zero_point = None
