@@ -42,3 +42,13 @@ requires_torch_env = pytest.mark.skipif(
 
 def python_has_torch() -> bool:
     return "torch" in sys.modules or __import__("importlib").util.find_spec("torch") is not None
+
+
+@pytest.fixture
+def corrupt_save_method():
+    from workbench import registry
+    from workbench.testing import CorruptSavedScales
+
+    registry.register(CorruptSavedScales)
+    yield CorruptSavedScales
+    registry.unregister(CorruptSavedScales.name)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 class RunStatus(str, Enum):
     OK = "ok"
     FLAGGED = "flagged"  # ran, but a check failed (e.g. an export that does not match the baseline)
+    RELOAD_MISMATCH = "reload_mismatch"  # ran, but the saved artifact reloads to different numbers
     INVALID = "invalid"
     UNAVAILABLE = "unavailable"
     CRASHED = "crashed"
@@ -27,7 +28,7 @@ class RunStatus(str, Enum):
 
     @property
     def succeeded(self) -> bool:
-        return self in (RunStatus.OK, RunStatus.FLAGGED)
+        return self in (RunStatus.OK, RunStatus.FLAGGED, RunStatus.RELOAD_MISMATCH)
 
 
 # Metrics every result may carry; the JSON contract of `workbench run --json`.
@@ -41,6 +42,8 @@ METRIC_NAMES = (
     "kl_div",
     "top1_agreement",
     "next_token_accuracy",
+    "reload_perplexity",
+    "reload_embedding_cosine",
     "embedding_cosine",
     "embedding_cosine_min",
     "forward_ms",

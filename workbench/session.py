@@ -65,7 +65,7 @@ def spec_field_errors(spec: RunSpec) -> list[ParamError]:
         v = getattr(spec.bench, name)
         if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in v):
             errors.append(ParamError(f"bench.{name}", f"got {v!r}; allowed: a non-empty list of integers in [1, 4096]"))
-    for name in ("latency", "accuracy", "save"):
+    for name in ("latency", "accuracy", "save", "reload_check"):
         if not isinstance(getattr(spec.bench, name), bool):
             errors.append(ParamError(f"bench.{name}", "allowed: true or false"))
     if spec.timeout_s is not None and not (isinstance(spec.timeout_s, (int, float)) and spec.timeout_s > 0):

@@ -67,6 +67,8 @@ class BenchSpec:
     latency: bool = True
     accuracy: bool = True
     save: bool = True
+    # Reload the saved artifact in a fresh process and re-measure accuracy (needs save and accuracy).
+    reload_check: bool = True
     memory_limit_mb: int | None = None
 
 

@@ -3,7 +3,8 @@
 `FaultMethod` fails on purpose in every way a native backend can (segfault,
 SIGKILL, a hang, running out of memory, an exception), so the executors' and
 the session's handling of failures is tested against real process deaths.
-It is not registered as an entry point: tests call `registry.register(FaultMethod)`.
+`CorruptSavedScales` plants a bug in a saved artifact, for the save-and-reload check.
+Neither is registered as an entry point: tests call `registry.register(...)`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 from .methods.base import Built, Method
+from .methods.rtn import RTN
 from .params import Param, Schema
 
 
@@ -47,3 +49,32 @@ class FaultMethod(Method):
         elif mode == "exit":
             os._exit(7)
         raise RuntimeError("fault method: raised on purpose")
+
+
+class CorruptSavedScales(RTN):
+    """`rtn` whose saved checkpoint has every scale doubled: a planted save/reload bug.
+
+    The run itself is correct; only the artifact on disk is wrong, which is exactly
+    what the save-and-reload check must catch.
+    """
+
+    name = "rtn-corrupt-save"
+    description = "rtn with a planted bug in its saved scales (tests the reload check)."
+
+    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+        built = super().build(ctx, params)
+        save = built.save
+        assert save is not None
+
+        def corrupt_save(path: Any) -> None:
+            from safetensors.torch import load_file, save_file
+
+            save(path)
+            file = path / "model.safetensors"
+            tensors = load_file(str(file))
+            for key in [k for k in tensors if k.endswith(".scale")]:
+                tensors[key] = tensors[key] * 2
+            save_file(tensors, str(file), metadata={"format": "pt"})
+
+        built.save = corrupt_save
+        return built

@@ -2,6 +2,7 @@
 
     python -m workbench.worker REQUEST.json RESULT.json
     python -m workbench.worker --reference REQUEST.json
+    python -m workbench.worker --reload REQUEST.json METRICS.json
 
 REQUEST.json is {"spec": RunSpec dict, "target": "module:Class"}. The worker
 loads the model, builds the method, measures everything the same way for every
@@ -16,6 +17,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +25,7 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .errors import DataError, InvalidParams, InvalidSpec, MethodUnavailable, ModelNotFound, WorkbenchError
 from .result import RunResult, RunStatus
@@ -282,71 +284,13 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             params = method_cls.schema.normalize(spec.params, context=method_cls.name)
 
             workdir = Path(tempfile.mkdtemp(prefix="wb-run-"))
-            ctx = BuildContext(spec, model_info, workdir, report)
-            is_reference = not method_cls.quantizes and params.get("dtype", "float32") == "float32"
-            reference_out = None
-            own: dict | None = None
-            if spec.bench.accuracy and not is_reference:
-                report("reference", None, "baseline outputs")
-                ensure_reference_in_subprocess(spec)
-                from .measure import reference
-
-                reference_out = reference.load_reference(spec.model, spec.data)
-
-            report("build", None, f"{method_cls.name}")
-            t0 = time.perf_counter()
-            built = method.build(ctx, params)
-            result.metrics["load_s"] = ctx.load_s
-            result.metrics["quantize_s"] = max(0.0, time.perf_counter() - t0 - ctx.load_s)
-            result.layers_quantized = built.layers_quantized
-            result.layers_eligible = built.layers_eligible
-            result.kernel = built.kernel
-            result.notes.extend(built.notes)
-            model = built.model
-            from .measure import memory
-
-            result.metrics["weights_bytes"] = (
-                built.weights_bytes if built.weights_bytes is not None else memory.module_weight_bytes(model)
-            )
-            result.metrics["weights_bytes_claimed"] = built.weights_bytes_claimed
-            result.metrics["params_count"] = model_info.params_count
-
-            if spec.bench.save:
-                if built.save is not None:
-                    report("save", None, "serialized size")
-                    out = workdir / "saved"
-                    built.save(out)
-                    result.metrics["disk_bytes"] = memory.dir_bytes(out)
-                else:
-                    result.notes.append(f"not saved: {built.cannot_save or 'the method cannot save'}")
-
-            if spec.bench.accuracy:
-                from .measure import reference
-
-                if is_reference:
-                    # The fp32 baseline is the reference: compute it here if no earlier run did.
-                    with reference.reference_lock(spec.model, spec.data):
-                        reference_out = reference.load_reference(spec.model, spec.data)
-                        if reference_out is None:
-                            _, reference_out = _accuracy(ctx, model, None)
-                            reference.save_reference(spec.model, spec.data, _without_targets(reference_out))
-                metrics, own = _accuracy(ctx, model, reference_out)
-                result.metrics.update(metrics)
-
-            if spec.bench.latency:
-                metrics, tables = _latency(ctx, model)
-                result.metrics.update(metrics)
-                result.tables.update(tables)
-
-            result.metrics["peak_rss_bytes"] = memory.peak_rss_bytes()
-            cuda = memory.cuda_max_allocated_bytes() if spec.device.startswith("cuda") else None
-            if cuda is not None:
-                result.metrics["cuda_max_allocated_bytes"] = cuda
-            if own is not None:
-                report("task metrics", None, "next-token accuracy through evaluate")
-                result.metrics.update(_task_metrics(own))
+            try:
+                ctx = BuildContext(spec, model_info, workdir, report)
+                status, error = _measure_run(spec, target, method, params, ctx, result)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
             report("done", 1.0)
-            return finish(RunStatus.OK)
+            return finish(status, error)
         except InvalidParams as e:
             return finish(RunStatus.INVALID, str(e))
         except (InvalidSpec, ModelNotFound, DataError) as e:
@@ -360,6 +304,141 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
         except Exception as e:  # noqa: BLE001 - a backend failure is one failed run, stored with its traceback
             status = RunStatus.OOM if _looks_like_oom(e) else RunStatus.CRASHED
             return finish(status, f"{type(e).__name__}: {e}\n{_tb()}")
+
+
+def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: BuildContext,
+                 result: RunResult) -> tuple[RunStatus, str | None]:
+    """Build the method and measure everything, filling `result`. Returns (status, error)."""
+    from .measure import memory, reference
+
+    report = ctx.progress
+    is_reference = not method.quantizes and params.get("dtype", "float32") == "float32"
+    reference_out = None
+    own: dict | None = None
+    if spec.bench.accuracy and not is_reference:
+        report("reference", None, "baseline outputs")
+        ensure_reference_in_subprocess(spec)
+        reference_out = reference.load_reference(spec.model, spec.data)
+
+    report("build", None, method.name)
+    t0 = time.perf_counter()
+    built = method.build(ctx, params)
+    result.metrics["load_s"] = ctx.load_s
+    result.metrics["quantize_s"] = max(0.0, time.perf_counter() - t0 - ctx.load_s)
+    result.layers_quantized = built.layers_quantized
+    result.layers_eligible = built.layers_eligible
+    result.kernel = built.kernel
+    result.notes.extend(built.notes)
+    model = built.model
+    result.metrics["weights_bytes"] = (
+        built.weights_bytes if built.weights_bytes is not None else memory.module_weight_bytes(model)
+    )
+    result.metrics["weights_bytes_claimed"] = built.weights_bytes_claimed
+    result.metrics["params_count"] = ctx.model_info.params_count
+
+    saved: Path | None = None
+    if spec.bench.save:
+        if built.save is not None:
+            report("save", None, "serialized size")
+            saved = ctx.workdir / "saved"
+            built.save(saved)
+            result.metrics["disk_bytes"] = memory.dir_bytes(saved)
+        else:
+            result.notes.append(f"not saved: {built.cannot_save or 'the method cannot save'}")
+
+    if spec.bench.accuracy:
+        if is_reference:
+            # The fp32 baseline is the reference: compute it here if no earlier run did.
+            with reference.reference_lock(spec.model, spec.data):
+                reference_out = reference.load_reference(spec.model, spec.data)
+                if reference_out is None:
+                    _, reference_out = _accuracy(ctx, model, None)
+                    reference.save_reference(spec.model, spec.data, _without_targets(reference_out))
+        metrics, own = _accuracy(ctx, model, reference_out)
+        result.metrics.update(metrics)
+
+    if spec.bench.latency:
+        metrics, tables = _latency(ctx, model)
+        result.metrics.update(metrics)
+        result.tables.update(tables)
+
+    result.metrics["peak_rss_bytes"] = memory.peak_rss_bytes()
+    cuda = memory.cuda_max_allocated_bytes() if spec.device.startswith("cuda") else None
+    if cuda is not None:
+        result.metrics["cuda_max_allocated_bytes"] = cuda
+
+    status, error = RunStatus.OK, None
+    if saved is not None and spec.bench.accuracy and spec.bench.reload_check:
+        if type(method).can_reload():
+            del model, built
+            gc.collect()
+            status, error = _reload_check(spec, target, saved, result)
+        else:
+            result.notes.append(f"reload check skipped: method {method.name!r} cannot reload what it saves")
+    if own is not None:
+        report("task metrics", None, "next-token accuracy through evaluate")
+        result.metrics.update(_task_metrics(own))
+    return status, error
+
+
+# Largest relative change of accuracy (perplexity, or embedding cosine for encoders) after a reload.
+RELOAD_TOLERANCE = 0.01
+
+
+def _reload_check(spec: RunSpec, target: str, saved: Path, result: RunResult) -> tuple[RunStatus, str | None]:
+    """Reload the saved artifact in a fresh process and compare its accuracy with the run's."""
+    import subprocess
+
+    emit("reload", None, "reloading the saved artifact in a fresh process")
+    name = "perplexity" if "perplexity" in result.metrics else "embedding_cosine"
+    before = result.metrics.get(name)
+    request = saved.parent / "reload-request.json"
+    out = saved.parent / "reload-result.json"
+    request.write_text(json.dumps({"spec": spec.to_dict(), "target": target, "saved": str(saved)}))
+    proc = subprocess.run([sys.executable, "-m", "workbench.worker", "--reload", str(request), str(out)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join(l for l in proc.stderr.splitlines() if not l.startswith(PROGRESS_PREFIX))[-3000:]
+        return RunStatus.RELOAD_MISMATCH, f"the saved artifact could not be reloaded (exit {proc.returncode}):\n{tail}"
+    after = json.loads(out.read_text()).get(name)
+    result.metrics[f"reload_{name}"] = after
+    if before is None or after is None or not _close(before, after, RELOAD_TOLERANCE):
+        return RunStatus.RELOAD_MISMATCH, (
+            f"reload mismatch: {name} {before} in memory, {after} after saving and reloading in a fresh process "
+            f"(tolerance {RELOAD_TOLERANCE:.0%})"
+        )
+    result.notes.append(f"reload check passed: {name} {after:.6g} after reload (in memory {before:.6g})")
+    return RunStatus.OK, None
+
+
+def _close(a: float, b: float, rel: float) -> bool:
+    import math
+
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return abs(a - b) <= rel * max(abs(a), 1e-12)
+
+
+def reload_main(request_path: Path, out_path: Path) -> int:
+    """Child side of the reload check: load the saved artifact, measure accuracy, write the metrics."""
+    from .measure import reference
+    from .models import catalog
+    from .registry import load_target
+
+    request = json.loads(request_path.read_text())
+    spec = RunSpec.from_dict(request["spec"])
+    _setup_process(spec)
+    _init_torch(spec)
+    method_cls = load_target(request["target"])
+    method = method_cls()
+    params = method_cls.schema.normalize(spec.params, context=method_cls.name)
+    ctx = BuildContext(spec, catalog.describe(spec.model), Path(request["saved"]).parent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = method.load_saved(ctx, params, Path(request["saved"]))
+        metrics, _ = _accuracy(ctx, model, reference.load_reference(spec.model, spec.data))
+    write_atomic(out_path, json.dumps(metrics))
+    return 0
 
 
 def _without_targets(outputs: dict) -> dict:
@@ -405,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
 
         compute_reference(spec, catalog.describe(spec.model))
         return 0
+    if argv and argv[0] == "--reload":
+        return reload_main(Path(argv[1]), Path(argv[2]))
     if len(argv) != 2:
         sys.stderr.write(__doc__ or "")
         return 2

@@ -83,6 +83,19 @@ class Method(ABC):
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
         """Load and quantize the model (in the worker). `ctx` is a `workbench.worker.BuildContext`."""
 
+    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+        """Load what `Built.save` wrote to `path`, for the save-and-reload check.
+
+        Runs in a fresh worker process; returns a model measured like `Built.model`.
+        Methods that can save should implement it: the check catches artifacts that
+        reload wrong (bitsandbytes fp4 was seen to reload with perplexity 2e9).
+        """
+        raise NotImplementedError(f"method {self.name!r} cannot reload what it saves")
+
+    @classmethod
+    def can_reload(cls) -> bool:
+        return cls.load_saved is not Method.load_saved
+
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         """The plain code a user would write for this configuration without the workbench."""
         return f"# {self.name}: no code template yet\n"

@@ -40,6 +40,9 @@ class Baseline(Method):
             save=save,
         )
 
+    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+        return ctx.load_model(params["dtype"], path=path)
+
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         return (
             "import torch\n"

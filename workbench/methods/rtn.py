@@ -189,6 +189,10 @@ class RTN(Method):
             notes=notes,
         )
 
+    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+        # The architecture in float (from the model's own config), then the packed layers from the file.
+        return load_quantized(ctx.load_model("float32"), Path(path))
+
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         p = self.schema.normalize(params, "rtn")
         return (

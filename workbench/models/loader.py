@@ -123,21 +123,18 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     progress: Progress | None = None,
+    path: str | Path | None = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """The model in eval mode: AutoModelForCausalLM (causal-lm) or AutoModel (encoder).
 
-    `kwargs` go to `from_pretrained` (e.g. `quantization_config`). When they
-    place the model themselves (`device_map`, `quantization_config`) it is not
-    moved to `device` afterwards.
+    `path` loads a saved copy (e.g. a quantized checkpoint) instead of the model's own
+    directory, with the same options. `kwargs` go to `from_pretrained` (e.g.
+    `quantization_config`). When they place the model themselves (`device_map`,
+    `quantization_config`) it is not moved to `device` afterwards.
     """
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    if kind not in KINDS:
-        raise InvalidSpec(f"kind: got {kind!r}; allowed: {', '.join(KINDS)}")
-    directory = resolve(model, progress)
-    auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    net = auto.from_pretrained(
+    directory = Path(path) if path is not None else resolve(model, progress)
+    net = auto_class(kind).from_pretrained(
         directory,
         dtype=torch_dtype(dtype),
         trust_remote_code=model.trust_remote_code,
@@ -147,6 +144,15 @@ def load_model(
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         net = net.to(device)
     return net.eval()
+
+
+def auto_class(kind: str) -> Any:
+    """AutoModelForCausalLM for causal LMs, AutoModel for encoders."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if kind not in KINDS:
+        raise InvalidSpec(f"kind: got {kind!r}; allowed: {', '.join(KINDS)}")
+    return AutoModelForCausalLM if kind == "causal-lm" else AutoModel
 
 
 def load_tokenizer(model: ModelSpec, progress: Progress | None = None) -> Any:
