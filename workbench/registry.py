@@ -47,10 +47,27 @@ def _validate(cls: Any, where: str) -> type[Method]:
     return cls
 
 
+def _broken(name: str, target: str, error: BaseException) -> type[Method]:
+    """A stand-in for a plug-in whose module fails to import: listed as unavailable, with the error."""
+    message = f"its module failed to import ({type(error).__name__}: {error})"
+
+    def build(self: Method, ctx: Any, params: Any) -> Any:
+        raise MethodUnavailable(f"method {name!r}: {message}")
+
+    return type(f"Broken_{name}", (Method,), {
+        "name": name, "backend": "unknown", "env": envs.KERNEL, "build": build,
+        "description": f"{target}: {message}", "load_error": message,
+    })
+
+
 def _discover() -> dict[str, MethodRef]:
     found: dict[str, MethodRef] = {}
     for ep in entry_points(group=GROUP):
-        cls = _validate(ep.load(), f"entry point {ep.name} = {ep.value}")
+        try:
+            loaded = ep.load()
+        except Exception as e:  # noqa: BLE001 - one broken plug-in must not hide the others
+            loaded = _broken(ep.name, ep.value, e)
+        cls = _validate(loaded, f"entry point {ep.name} = {ep.value}")
         if cls.name != ep.name:
             raise TypeError(f"entry point {ep.name!r} loads a method named {cls.name!r}: the names must match")
         if cls.name in found and found[cls.name].target != ep.value:
@@ -113,6 +130,8 @@ def load_target(target: str) -> type[Method]:
 def unavailable_reason(ref: MethodRef) -> str | None:
     """Why the method cannot run here (environment or library missing), or None. Torch-free."""
     cls = ref.cls
+    if getattr(cls, "load_error", None):
+        return str(cls.load_error)
     st = envs.status(cls.env) if cls.env == envs.KERNEL or cls.env in envs.FAMILIES else None
     if st is None:
         return f"unknown environment family {cls.env!r}"
