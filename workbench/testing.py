@@ -27,7 +27,7 @@ class FaultMethod(Method):
     description = "Fails on purpose: segfault, kill, hang, oom, raise, exit. For executor tests."
     quantizes = False
     schema = Schema((
-        Param("mode", "choice", "raise", choices=("segfault", "kill", "hang", "oom", "raise", "exit")),
+        Param("mode", "choice", "raise", choices=("segfault", "kill", "hang", "oom", "raise", "exit", "noisy")),
         Param("seconds", "float", 60.0, minimum=0.0, maximum=3600.0, visible_when={"mode": "hang"}),
     ))
 
@@ -48,6 +48,13 @@ class FaultMethod(Method):
                 hog.append(bytearray(64 * 2**20))
         elif mode == "exit":
             os._exit(7)
+        elif mode == "noisy":  # a backend that warns and logs on every call, like bitsandbytes' cast warning
+            import logging
+            import warnings
+
+            for i in range(1000):
+                warnings.warn(f"casting on call (step {i % 1})", UserWarning)
+                logging.getLogger("noisy.backend").warning("slow path taken for this call")
         raise RuntimeError("fault method: raised on purpose")
 
 

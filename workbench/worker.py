@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import resource
 import shutil
@@ -256,6 +257,8 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
 
     def finish(status: RunStatus, error: str | None = None) -> RunResult:
         _collect(record, caught)
+        logging.getLogger().removeHandler(log_counter)
+        caught.update(log_counter.counts)
         result.status = status
         result.error = error
         result.duration_s = time.perf_counter() - t_start
@@ -265,6 +268,8 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             result.warnings.extend(ctx.warnings)
         return result
 
+    log_counter = _LogCounter()
+    logging.getLogger().addHandler(log_counter)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         try:
@@ -309,13 +314,15 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
 def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: BuildContext,
                  result: RunResult) -> tuple[RunStatus, str | None]:
     """Build the method and measure everything, filling `result`. Returns (status, error)."""
-    from .measure import memory, reference
+    from .measure import memory
 
     report = ctx.progress
     is_reference = not method.quantizes and params.get("dtype", "float32") == "float32"
     reference_out = None
     own: dict | None = None
     if spec.bench.accuracy and not is_reference:
+        from .measure import reference
+
         report("reference", None, "baseline outputs")
         ensure_reference_in_subprocess(spec)
         reference_out = reference.load_reference(spec.model, spec.data)
@@ -347,6 +354,8 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
             result.notes.append(f"not saved: {built.cannot_save or 'the method cannot save'}")
 
     if spec.bench.accuracy:
+        from .measure import reference
+
         if is_reference:
             # The fp32 baseline is the reference: compute it here if no earlier run did.
             with reference.reference_lock(spec.model, spec.data):
@@ -450,6 +459,22 @@ def _collect(record: list, caught: Counter[str]) -> None:
     for w in record:
         caught[f"{w.category.__name__}: {(str(w.message).splitlines() or [''])[0][:300]}"] += 1
     record.clear()
+
+
+class _LogCounter(logging.Handler):
+    """Counts library log records (WARNING and up) by message, so a backend that logs the same
+    line on every call ends up once in the result instead of thousands of times in the output."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            first = (record.getMessage().splitlines() or [""])[0][:300]
+        except Exception:  # noqa: BLE001 - a badly formatted log call must not break the run
+            first = str(record.msg)[:300]
+        self.counts[f"log {record.name}: {first}"] += 1
 
 
 def _looks_like_oom(e: BaseException) -> bool:

@@ -53,3 +53,11 @@ def test_the_session_carries_on_after_failures(session):
     # failures are not cache hits: a second submit runs again
     run(session, "raise")
     assert len(session.store) == 3
+
+
+def test_flooding_warnings_and_logs_are_stored_once_with_counts(session):
+    r = run(session, "noisy")
+    assert r.status is RunStatus.CRASHED and "raised on purpose" in r.error
+    assert "UserWarning: casting on call (step 0) (x1000)" in r.warnings
+    assert "log noisy.backend: slow path taken for this call (x1000)" in r.warnings
+    assert len(r.warnings) == 2
