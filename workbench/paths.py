@@ -7,8 +7,11 @@ tiny test models and cached baseline outputs. The Makefile points it at
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_STORE = Path("results") / "workbench.sqlite"
 
@@ -34,3 +37,18 @@ def store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
         return Path(explicit)
     env = os.environ.get("WORKBENCH_STORE")
     return Path(env) if env else DEFAULT_STORE
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) held for the block: one process at a time.
+
+    The lock goes with the process, so a worker that dies does not leave it held.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

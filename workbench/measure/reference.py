@@ -11,7 +11,6 @@ workers from computing the same reference at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -76,13 +75,8 @@ def reference_lock(model: ModelSpec, data: DataSpec) -> Iterator[None]:
     Blocks until the lock is free; the lock goes with the process, so a worker
     that dies does not leave it held.
     """
-    lock_path = reference_path(model, data).with_suffix(".lock")
-    with open(lock_path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with paths.file_lock(reference_path(model, data).with_suffix(".lock")):
+        yield
 
 
 def cached_reference(

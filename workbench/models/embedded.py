@@ -16,15 +16,13 @@ conversion runs.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .. import paths
 from ..errors import MethodUnavailable
@@ -104,18 +102,6 @@ def verify_manifest(directory: str | Path, recipe: dict[str, Any] | None = None)
 
 
 # --- building once, safely -------------------------------------------------------
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl) held for the block: one builder at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def build_once(
     name: str,
     recipe: dict[str, Any],
@@ -132,7 +118,7 @@ def build_once(
     final = root / name
     if final.is_dir() and not verify_manifest(final, recipe):
         return final
-    with file_lock(root / f".{name}.lock"):
+    with paths.file_lock(root / f".{name}.lock"):
         problems = verify_manifest(final, recipe) if final.is_dir() else ["absent"]
         if not problems:
             return final  # another worker built it while we waited
@@ -248,7 +234,6 @@ def embedded_dir(name: str, progress: Progress | None = None) -> Path:
 __all__ = [
     "build_once",
     "embedded_dir",
-    "file_lock",
     "fix_saved_config",
     "minilm_dir",
     "read_manifest",
