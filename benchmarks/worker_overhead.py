@@ -12,6 +12,7 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -55,6 +56,8 @@ def main() -> None:
             assert r.ok, r.error
             decode.append(r.metrics["decode_tok_s"])
 
+    unmeasurable = decode.count(None)  # noise made decode time <= prefill time (see the run's table note)
+    decode = [d for d in decode if d is not None] or [float("nan")]
     med = statistics.median(decode)
     print(f"model {args.model}, method {args.method}, {args.repeats} repeats")
     print(f"{'worker start + cached load (wall)':<40} median {statistics.median(starts):6.2f} s  "
@@ -62,7 +65,9 @@ def main() -> None:
     print(f"{'  of which model load (worker)':<40} median {statistics.median(loads):6.2f} s")
     print(f"{'cache hit for a repeated spec':<40} {cache_hit_s * 1000:8.1f} ms")
     print(f"{'decode tokens/s over separate runs':<40} median {med:6.2f}  min {min(decode):.2f}  max {max(decode):.2f}"
-          f"  spread {100 * (max(decode) - min(decode)) / med:.1f}%")
+          f"  spread {100 * (max(decode) - min(decode)) / med:.1f}%"
+          + (f"  ({unmeasurable} run(s) too noisy to measure)" if unmeasurable else ""))
+    print(f"load average during the benchmark: {os.getloadavg()[0]:.2f} (2 cores)")
 
 
 if __name__ == "__main__":
