@@ -122,3 +122,26 @@ def test_compare_validates_everything_before_running(tmp_path):
     p = wb("compare", "--model", "tiny-llama", "--methods", "baseline", "rtn:bits=99", "--quiet", store=store)
     assert p.returncode == 2 and "bits" in p.stderr
     assert not store.exists() or len(__import__("workbench.store").store.ResultStore(store)) == 0
+
+
+@requires_torch_env
+def test_a_failing_run_exits_3_and_is_stored_with_its_error(tmp_path):
+    # A model directory whose config is fine but whose weights are not: validation passes, the worker fails.
+    from workbench import paths
+
+    store = tmp_path / "s.sqlite"
+    assert wb("run", "--model", "tiny-llama", "--method", "baseline", *QUICK, store=store).returncode == 0
+    src = paths.subdir("models") / "tiny-llama"  # built by the run above
+    model = tmp_path / "broken-weights"
+    model.mkdir()
+    for f in src.iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    store = tmp_path / "s2.sqlite"
+    p = wb("run", "--model", str(model), "--method", "baseline", *QUICK, store=store)
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert "crashed" in p.stderr
+    from workbench.store import ResultStore
+
+    (r,) = ResultStore(store).results(latest_only=False)
+    assert r.status.value == "crashed" and r.error and "safetensors" in (r.error + (r.stderr_tail or "")).lower()
