@@ -243,12 +243,28 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
+    if args.markdown:
+        print(methods_markdown(rows))
+        return EXIT_OK
     for r in rows:
         state = "available" if r["available"] else f"unavailable: {r['reason']}"
         print(f"{r['name']:<12} {r['backend']:<12} env={r['env']:<8} {state}")
         for p in r["params"]:
             print(f"    {p['name']}={p['default']!r}  ({p['allowed']})  {p['help']}")
     return EXIT_OK
+
+
+def methods_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's method table, generated from the schemas (so it cannot drift)."""
+    lines = ["| method | backend | env | description | parameters (default; allowed) |", "|---|---|---|---|---|"]
+    for r in rows:
+        params = "<br>".join(
+            f"`{p['name']}`={p['default']!r}; {p['allowed']}"
+            + (f" (when {', '.join(f'{k}={v}' for k, v in p['visible_when'].items())})" if p["visible_when"] else "")
+            for p in r["params"]
+        )
+        lines.append(f"| `{r['name']}` | {r['backend']} | {r['env']} | {r['description']} | {params or '-'} |")
+    return "\n".join(lines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -325,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="registered methods, their availability and parameters")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--markdown", action="store_true", help="the README's method table")
     m.set_defaults(func=cmd_methods)
 
     mo = sub.add_parser("models", help="the model catalog")
