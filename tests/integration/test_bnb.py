@@ -66,6 +66,7 @@ def test_bad_input_is_refused_before_any_worker(session):
     assert len(session.store.results()) == stored  # nothing ran, nothing stored
 
 
+@pytest.mark.slow  # ~2 min; the fp4 run below covers SmolLM2 in `make test`
 def test_smollm2_int8(session):
     r = session.submit(session.make_spec("smollm2-135m", "bnb", {"bits": 8}, bench=NO_LATENCY, data=SMOL))
     assert r.status is RunStatus.OK, (r.error, r.stderr_tail)

@@ -52,7 +52,7 @@ def test_bad_input_is_refused_before_any_worker(session):
     assert r.status is RunStatus.INVALID and "exclude" in r.error
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4"])
+@pytest.mark.parametrize("weights", ["int8", pytest.param("int4", marks=pytest.mark.slow)])
 def test_smollm2(session, weights):
     r = session.submit(session.make_spec("smollm2-135m", "quanto", {"weights": weights}, bench=NO_LATENCY, data=SMOL))
     assert r.status is RunStatus.OK, (r.error, r.stderr_tail)
