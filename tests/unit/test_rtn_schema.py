@@ -9,7 +9,8 @@ import types
 import pytest
 
 from workbench.errors import InvalidParams
-from workbench.methods.rtn import RTN, group_sizes_dividing, select_layers, valid_group_size
+from workbench.methods.layers import group_sizes_dividing, select_layers
+from workbench.methods.rtn import RTN, valid_group_size
 
 
 def smollm2_like() -> types.SimpleNamespace:

@@ -35,7 +35,9 @@ from typing import Any, Mapping
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
-from .rtn import _few, _tie_notes, select_layers
+from .layers import few as _few
+from .layers import select_layers, selection_error
+from .rtn import _tie_notes
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -112,14 +114,10 @@ class HQQ(Method):
     @staticmethod
     def _shape_errors(layers: Mapping[str, tuple[int, int]], include: list[str], exclude: list[str],
                       group_size: int) -> list[ParamError]:
+        err = selection_error(layers, include, exclude)
+        if err is not None:
+            return [err]
         selected = select_layers(layers, include, exclude)
-        if not selected:
-            names = list(layers)
-            return [ParamError(
-                "include",
-                f"include={include} with exclude={exclude} selects none of the {len(names)} linear layers; "
-                f"patterns match the full module name (e.g. '*.q_proj', '*mlp*'). Layers: {_few(names, 4)}",
-            )]
         if group_size == -1:
             return []
         numel = {n: int(layers[n][0]) * int(layers[n][1]) for n in selected}

@@ -12,41 +12,24 @@ imported inside `build()`.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
-import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
+from .layers import few as _few
+from .layers import group_size_error, select_layers, selection_error
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-def select_layers(names: Iterable[str], include: Iterable[str], exclude: Iterable[str]) -> list[str]:
-    """Names matching some `include` pattern and no `exclude` pattern (fnmatch on the full dotted name)."""
-    include, exclude = list(include), list(exclude)
-    return [
-        n for n in names
-        if any(fnmatch.fnmatchcase(n, p) for p in include) and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
-    ]
-
-
 def valid_group_size(group_size: int) -> bool:
     """-1 (per output channel), 0 (per tensor) or a positive multiple of 8."""
     return group_size in (-1, 0) or (group_size >= 8 and group_size % 8 == 0)
-
-
-def group_sizes_dividing(in_dims: Iterable[int], limit: int = 8) -> list[int]:
-    """Valid group sizes (multiples of 8) that divide every input dimension, largest first."""
-    g = 0
-    for d in in_dims:
-        g = math.gcd(g, int(d))
-    return [s for s in range(g, 7, -1) if s % 8 == 0 and g % s == 0][:limit]
 
 
 def _check_group_size(values: Mapping[str, Any]) -> str | None:
@@ -57,10 +40,6 @@ def _check_group_size(values: Mapping[str, Any]) -> str | None:
         f"got {gs}; allowed: -1 (one scale per output channel), 0 (one scale per tensor) "
         "or a multiple of 8 (input columns per group, e.g. 32, 64, 128)"
     )
-
-
-def _few(names: list[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 class RTN(Method):
@@ -112,31 +91,14 @@ class RTN(Method):
     def _shape_errors(
         layers: Mapping[str, tuple[int, int]], include: list[str], exclude: list[str], group_size: int
     ) -> list[ParamError]:
-        selected = select_layers(layers, include, exclude)
-        if not selected:
-            names = list(layers)
-            return [ParamError(
-                "include",
-                f"include={include} with exclude={exclude} selects none of the {len(names)} linear layers; "
-                f"patterns match the full module name (e.g. '*.q_proj', '*mlp*'). Layers: {_few(names, 4)}",
-            )]
-        if group_size <= 0:
-            return []
-        bad = [n for n in selected if int(layers[n][1]) % group_size]
-        if not bad:
-            return []
-        dims = sorted({int(layers[n][1]) for n in bad})
-        dim_text = f"the input dimension {dims[0]}" if len(dims) == 1 else \
-            "the input dimensions " + ", ".join(map(str, dims))
-        fits = group_sizes_dividing(int(layers[n][1]) for n in selected)
-        hint = (f"group sizes that divide every selected layer: {', '.join(map(str, fits))}; "
-                if fits else "no multiple of 8 divides every selected layer; ")
-        return [ParamError(
-            "group_size",
-            f"group_size={group_size} does not divide {dim_text} of {len(bad)} layer"
-            f"{'s' if len(bad) != 1 else ''} ({_few(bad)}); {hint}"
-            "or -1 (one scale per output channel), or leave those layers out with exclude",
-        )]
+        err = selection_error(layers, include, exclude)
+        if err is not None:
+            return [err]
+        err = group_size_error(
+            layers, select_layers(layers, include, exclude), group_size,
+            remedy="or -1 (one scale per output channel), or leave those layers out with exclude",
+        )
+        return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:

@@ -41,9 +41,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InvalidParams, MethodUnavailable, ParamError
-from ..params import Check, Param, Schema
+from ..params import Param, Schema
 from .base import Built, Method
-from .rtn import _few, _tie_notes, select_layers
+from .layers import few as _few
+from .layers import group_size_error, select_layers, selection_error
+from .rtn import _tie_notes
 
 SCHEMES = ("int8_weight_only", "int8_dynamic", "int4_weight_only", "float8_weight_only", "float8_dynamic")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the tinygemm int4 kernel takes
@@ -154,30 +156,17 @@ class TorchAO(Method):
 
     @staticmethod
     def _shape_errors(layers: Mapping[str, tuple[int, int]], p: Mapping[str, Any]) -> list[ParamError]:
-        selected = select_layers(layers, p["include"], p["exclude"])
-        if not selected:
-            names = list(layers)
-            return [ParamError(
-                "include",
-                f"include={p['include']} with exclude={p['exclude']} selects none of the {len(names)} linear "
-                f"layers; patterns match the full module name (e.g. '*.q_proj', '*mlp*'). Layers: {_few(names, 4)}",
-            )]
+        err = selection_error(layers, p["include"], p["exclude"])
+        if err is not None:
+            return [err]
         if p["scheme"] != "int4_weight_only":
             return []
-        gs = p["group_size"]
-        bad = [n for n in selected if int(layers[n][1]) % gs]
-        if not bad:
-            return []
-        dims = sorted({int(layers[n][1]) for n in bad})
-        fits = [g for g in INT4_GROUP_SIZES if all(int(layers[n][1]) % g == 0 for n in selected)]
-        hint = f"group sizes that divide every selected layer: {', '.join(map(str, fits))}" if fits else \
-            f"none of {', '.join(map(str, INT4_GROUP_SIZES))} divides every selected layer; leave those out with exclude"
-        return [ParamError(
-            "group_size",
-            f"group_size={gs} does not divide the input dimension{'s' if len(dims) > 1 else ''} "
-            f"{', '.join(map(str, dims))} of {len(bad)} layer{'s' if len(bad) != 1 else ''} ({_few(bad)}); "
-            f"torchao would silently leave them unquantized; {hint}",
-        )]
+        err = group_size_error(
+            layers, select_layers(layers, p["include"], p["exclude"]), p["group_size"],
+            candidates=INT4_GROUP_SIZES,
+            remedy="torchao would silently leave them unquantized; or leave those layers out with exclude",
+        )
+        return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
