@@ -39,6 +39,7 @@ METRIC_NAMES = (
     "peak_rss_bytes",
     "cuda_max_allocated_bytes",
     "perplexity",
+    "reference_perplexity",
     "kl_div",
     "top1_agreement",
     "next_token_accuracy",
@@ -52,6 +53,8 @@ METRIC_NAMES = (
     "generate_tok_s",
     "load_s",
     "quantize_s",
+    "compile_s",
+    "export_s",
     "params_count",
 )
 

@@ -31,6 +31,9 @@ class FaultMethod(Method):
         Param("seconds", "float", 60.0, minimum=0.0, maximum=3600.0, visible_when={"mode": "hang"}),
     ))
 
+    def is_reference(self, params: Mapping[str, Any]) -> bool:
+        return True  # it never loads a model, so there is nothing to compare with
+
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
         mode = params["mode"]
         ctx.progress("build", 0.5, f"about to {mode}")

@@ -178,7 +178,8 @@ def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tupl
         metrics, ref = accuracy.causal_lm_eval(
             model, windows, reference_out, progress=lambda f: ctx.progress("perplexity", f), device=ctx.device
         )
-        return metrics, {"kind": "causal-lm", **ref, "targets": windows[:, 1:].reshape(-1)}
+        return metrics, {"kind": "causal-lm", **ref, "perplexity": metrics["perplexity"],
+                         "targets": windows[:, 1:].reshape(-1)}
     from .data import text
 
     sentences = text.embedding_sentences(ctx.spec.data)
@@ -317,7 +318,7 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
     from .measure import memory
 
     report = ctx.progress
-    is_reference = not method.quantizes and params.get("dtype", "float32") == "float32"
+    is_reference = method.is_reference(params)
     reference_out = None
     own: dict | None = None
     if spec.bench.accuracy and not is_reference:
@@ -332,6 +333,7 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
     built = method.build(ctx, params)
     result.metrics["load_s"] = ctx.load_s
     result.metrics["quantize_s"] = max(0.0, time.perf_counter() - t0 - ctx.load_s)
+    result.metrics.update(built.metrics)
     result.layers_quantized = built.layers_quantized
     result.layers_eligible = built.layers_eligible
     result.kernel = built.kernel
@@ -343,6 +345,7 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
     result.metrics["weights_bytes_claimed"] = built.weights_bytes_claimed
     result.metrics["params_count"] = ctx.model_info.params_count
 
+    status, error = RunStatus.OK, None
     saved: Path | None = None
     if spec.bench.save:
         if built.save is not None:
@@ -365,6 +368,8 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
                     reference.save_reference(spec.model, spec.data, _without_targets(reference_out))
         metrics, own = _accuracy(ctx, model, reference_out)
         result.metrics.update(metrics)
+        if built.reference_tolerance is not None and reference_out is not None:
+            status, error = _reference_check(result.metrics, reference_out, built.reference_tolerance)
 
     if spec.bench.latency:
         metrics, tables = _latency(ctx, model)
@@ -376,18 +381,44 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
     if cuda is not None:
         result.metrics["cuda_max_allocated_bytes"] = cuda
 
-    status, error = RunStatus.OK, None
     if saved is not None and spec.bench.accuracy and spec.bench.reload_check:
         if type(method).can_reload():
             del model, built
             gc.collect()
-            status, error = _reload_check(spec, target, saved, result)
+            reload_status, reload_error = _reload_check(spec, target, saved, result)
+            if status is RunStatus.OK:
+                status, error = reload_status, reload_error
         else:
             result.notes.append(f"reload check skipped: method {method.name!r} cannot reload what it saves")
     if own is not None:
         report("task metrics", None, "next-token accuracy through evaluate")
         result.metrics.update(_task_metrics(own))
     return status, error
+
+
+def _reference_check(metrics: dict, reference_out: dict, tolerance: float) -> tuple[RunStatus, str | None]:
+    """Does the run reproduce the fp32 PyTorch model? For exports and conversions, which can go
+    silently wrong (BACKENDS.md: an ONNX export that dropped rope_theta). Causal LMs: perplexity
+    within `tolerance` (relative); encoders: mean embedding cosine at least 1 - `tolerance`."""
+    ref_ppl = reference_out.get("perplexity")
+    if ref_ppl is not None and metrics.get("perplexity") is not None:
+        metrics["reference_perplexity"] = ref_ppl
+        ppl = metrics["perplexity"]
+        if _close(ref_ppl, ppl, tolerance):
+            return RunStatus.OK, None
+        return RunStatus.FLAGGED, (
+            f"does not match the PyTorch fp32 model: perplexity {ppl:.4f} vs {ref_ppl:.4f} "
+            f"({(ppl / ref_ppl - 1):+.2%}; tolerance {tolerance:.1%}): the export or conversion changed the model"
+        )
+    cosine = metrics.get("embedding_cosine")
+    if cosine is not None:
+        if cosine >= 1 - tolerance:
+            return RunStatus.OK, None
+        return RunStatus.FLAGGED, (
+            f"does not match the PyTorch fp32 model: mean embedding cosine {cosine:.4f} < {1 - tolerance:.4f}: "
+            "the export or conversion changed the model"
+        )
+    return RunStatus.OK, None
 
 
 # Largest relative change of accuracy (perplexity, or embedding cosine for encoders) after a reload.

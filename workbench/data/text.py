@@ -29,6 +29,13 @@ _RULE = re.compile(r"([*=~^#-])\1{2,}")
 _CUT_WINDOW = 0.1
 
 
+def source_error(source: str) -> str | None:
+    """Why `source` is not a text source the workbench reads (None when it is one). No I/O."""
+    if source == "pydoc-topics" or (source.startswith(("file:", "hub:")) and len(source) > 5):
+        return None
+    return f"got {source!r}; allowed: {SOURCE_FORMS}"
+
+
 def load_text(data: DataSpec) -> str:
     """The whole text of `data.source`. Raises DataError naming the source and what is allowed."""
     source = data.source

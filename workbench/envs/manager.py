@@ -39,6 +39,9 @@ class EnvFamily:
     name: str
     description: str
     check: str  # a python statement that must succeed in a healthy environment
+    # A module run as `python -m PROBE OUT.json` in the new environment: it records what the
+    # installed libraries accept (read by method schemas in the kernel, without importing them).
+    probe: str | None = None
 
     @property
     def requirements(self) -> Path:
@@ -62,6 +65,12 @@ FAMILIES: dict[str, EnvFamily] = {
         "torch",
         "PyTorch 2.13 CPU, transformers 5.x and the torch-side backends; the embedded models",
         "import torch, transformers, safetensors, gguf",
+    ),
+    "openvino": EnvFamily(
+        "openvino",
+        "Optimum Intel 2.2: OpenVINO runtime and NNCF weight/static/hybrid quantization; transformers 5.5",
+        "import torch, transformers, openvino, nncf, optimum.intel; from optimum.intel import OVModelForCausalLM",
+        probe="workbench.methods.openvino.probe",
     ),
 }
 
@@ -121,6 +130,17 @@ def status(name: str) -> EnvStatus:
     return EnvStatus(name, "ready", str(py), str(d), "", meta.get("created_at"))
 
 
+PROBE_FILE = "workbench-probe.json"
+
+
+def probed(name: str) -> dict | None:
+    """What the environment's probe recorded at creation (see EnvFamily.probe), or None."""
+    try:
+        return json.loads((env_dir(name) / PROBE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def list_envs() -> list[EnvStatus]:
     return [status(n) for n in FAMILIES]
 
@@ -174,12 +194,13 @@ def create(name: str, *, progress: bool = True, log: Callable[[str], None] | Non
 
     fam = family(name)
     d = env_dir(name)
-    steps = ["virtual environment", "pinned requirements"] + (["no-deps packages"] if fam.nodeps else []) + ["check"]
+    steps = ["virtual environment", "pinned requirements"] + (["no-deps packages"] if fam.nodeps else []) + ["check"] \
+        + (["probe"] if fam.probe else [])
     bar = tqdm(total=len(steps), desc=f"env {name}", unit="step", disable=not progress)
 
-    def run(cmd: list[str], what: str) -> None:
+    def run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
         bar.set_postfix_str(what)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail: list[str] = []
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -205,6 +226,9 @@ def create(name: str, *, progress: bool = True, log: Callable[[str], None] | Non
     if fam.nodeps:
         run(pip + ["--no-deps", "-r", str(fam.nodeps)], "no-deps packages")
     run([str(py), "-c", fam.check], "check")
+    if fam.probe:
+        run([str(py), "-m", fam.probe, str(d / PROBE_FILE)], "probe",
+            env={**os.environ, "PYTHONPATH": worker_pythonpath()})
     bar.close()
     manifest = {
         "family": name,

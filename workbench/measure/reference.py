@@ -22,7 +22,8 @@ from .. import paths
 from ..errors import DataError
 from ..spec import DataSpec, ModelSpec, data_key
 
-KINDS = {"causal-lm": ("topk_idx", "topk_logp"), "encoder": ("embeddings",)}
+# The perplexity of the fp32 PyTorch model is kept too: exports are checked against it.
+KINDS = {"causal-lm": ("topk_idx", "topk_logp", "perplexity"), "encoder": ("embeddings",)}
 
 
 def reference_path(model: ModelSpec, data: DataSpec) -> Path:

@@ -36,6 +36,11 @@ class Built:
         measurement count the tensors held by a torch model (packed buffers included).
     weights_bytes_claimed: what the backend itself reports (e.g. `get_memory_footprint()`),
         kept next to the measured figure where they may differ.
+    reference_tolerance: set by exports and conversions that must reproduce the fp32 PyTorch
+        model: perplexity within this relative tolerance (encoders: mean cosine >= 1 - it),
+        else the run is flagged.
+    metrics: timings the method measured itself, stored with the result (e.g. `compile_s`,
+        `export_s`; a `quantize_s` or `load_s` here replaces the worker's own estimate).
     save: writes a reloadable artifact to a directory (for the on-disk size);
         None with `cannot_save` giving the reason.
     """
@@ -48,6 +53,8 @@ class Built:
     weights_bytes_claimed: int | None = None
     save: Callable[[Path], None] | None = None
     cannot_save: str | None = None
+    reference_tolerance: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -66,6 +73,11 @@ class Method(ABC):
     model_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "encoder")
     # False for methods that leave the weights as they are (the baseline).
     quantizes: ClassVar[bool] = True
+
+    def is_reference(self, params: Mapping[str, Any]) -> bool:
+        """True when this configuration *is* the fp32 PyTorch reference (the baseline in fp32):
+        its outputs are not compared with the reference, they become it."""
+        return False
 
     def check_model(self, params: Mapping[str, Any], model: "ModelInfo") -> list[ParamError]:
         """Checks of the parameters against the model's shapes, without torch.

@@ -22,6 +22,9 @@ class Baseline(Method):
               help="Weight and compute dtype. float32 is the reference other runs are compared with."),
     ))
 
+    def is_reference(self, params: Mapping[str, Any]) -> bool:
+        return params.get("dtype", "float32") == "float32"
+
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
         model = ctx.load_model(params["dtype"])
         import torch
