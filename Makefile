@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 WB := $(VENV)/bin/workbench
 TORCH_ENV := $(WORKBENCH_HOME)/envs/torch
 TORCH_PY := $(TORCH_ENV)/bin/python
+OV_ENV := $(WORKBENCH_HOME)/envs/openvino
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-unit test-torch test-integration bench clean
@@ -20,11 +21,14 @@ $(VENV)/.installed: pyproject.toml
 $(TORCH_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/torch.txt workbench/envs/torch-nodeps.txt
 	$(WB) env create torch
 
+$(OV_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/openvino.txt workbench/envs/openvino-nodeps.txt
+	$(WB) env create openvino
+
 $(TORCH_ENV)/.test-deps: $(TORCH_ENV)/workbench-env.json
 	$(TORCH_PY) -m pip install -q --disable-pip-version-check pytest pytest-timeout
 	touch $@
 
-setup: $(VENV)/.installed $(TORCH_ENV)/workbench-env.json
+setup: $(VENV)/.installed $(TORCH_ENV)/workbench-env.json $(OV_ENV)/workbench-env.json
 
 demo: setup
 	$(WB) compare --model smollm2-135m --report results/report.html

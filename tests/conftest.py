@@ -40,6 +40,12 @@ requires_torch_env = pytest.mark.skipif(
 )
 
 
+requires_openvino_env = pytest.mark.skipif(
+    not __import__("workbench.envs.manager", fromlist=["status"]).status("openvino").ready,
+    reason="the openvino environment is not created (make setup / workbench env create openvino)",
+)
+
+
 def python_has_torch() -> bool:
     return "torch" in sys.modules or __import__("importlib").util.find_spec("torch") is not None
 

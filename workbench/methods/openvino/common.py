@@ -1,0 +1,115 @@
+"""What the OpenVINO methods share: the base class, the probe read in the kernel, the
+inference precision parameter, calibration texts, and turning a quantized IR into a `Built`.
+
+Torch-free and OpenVINO-free at import: the libraries are imported in the worker only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from ...envs import manager
+from ...errors import DataError
+from ...params import Param
+from ..base import Built, Method
+
+# What optimum-intel 2.2 accepted when this was written; used only until the environment's
+# probe (run at `workbench env create openvino`) has recorded what the installed version takes.
+FALLBACK_PROBE: dict[str, list[str]] = {
+    "weight_dtypes_4bit": ["int4", "nf4", "cb4", "mxfp4"],
+    "sensitivity_metrics": ["weight_quantization_error", "hessian_input_activation", "mean_activation_variance",
+                            "max_activation_variance", "mean_activation_magnitude"],
+    "backup_precisions": ["none", "int8_sym", "int8_asym"],
+    "group_size_fallback": ["error", "ignore", "adjust"],
+}
+_probe_cache: dict[str, Any] = {}
+
+
+def probe_values() -> dict[str, list[str]]:
+    """The probe of the `openvino` environment, else FALLBACK_PROBE (re-read when the file changes)."""
+    path = manager.env_dir("openvino") / manager.PROBE_FILE
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return FALLBACK_PROBE
+    if _probe_cache.get("stamp") != stamp:
+        found = manager.probed("openvino") or {}
+        _probe_cache.update(stamp=stamp, values={k: list(found.get(k) or v) for k, v in FALLBACK_PROBE.items()})
+    return _probe_cache["values"]
+
+
+def precision_param() -> Param:
+    return Param(
+        "inference_precision", "choice", "f32", choices=("f32", "bf16", "f16"),
+        help="OpenVINO CPU INFERENCE_PRECISION_HINT. OpenVINO runs bf16 by default on CPUs with AVX512-BF16 or "
+             "AMX; f32 (the workbench default) keeps the comparison with the fp32 PyTorch reference fair. "
+             "The precision the compiled model really runs in is reported in the kernel column.",
+    )
+
+
+def export_tolerance(precision: str) -> float:
+    """How close an unquantized IR must stay to the fp32 PyTorch model (relative perplexity;
+    encoders: 1 - mean cosine). bf16/f16 arithmetic moves the numbers more than f32 reordering."""
+    return 0.005 if precision == "f32" else 0.02
+
+
+class OpenVINOMethod(Method):
+    """Base of the methods that run through Optimum Intel / OpenVINO / NNCF (CPU)."""
+
+    backend = "openvino"
+    env = "openvino"
+    requires = ("optimum-intel", "openvino", "nncf", "optimum", "torch", "transformers")
+    install_hint = "workbench env create openvino (optimum-intel 2.2, openvino 2026.4, nncf 3.4)"
+    devices = ("cpu",)
+    model_kinds = ("causal-lm", "encoder")
+
+    # --- worker side -------------------------------------------------------
+    def finish(self, ctx: Any, model: Any, precision: str, exported: Any, *, quantize_s: float, load_s: float,
+               notes: list[str], what: str, reference_tolerance: float | None = None) -> Built:
+        """Compile (timed apart), count what the IR holds, and describe the run."""
+        from . import runtime
+
+        ctx.progress("compile", None, "compiling for the OpenVINO CPU plugin")
+        compile_s = runtime.compile_timed(model)
+        stats = runtime.weight_stats(model.model, runtime.weighted_matmuls(runtime.read_ir(exported.path)))
+        actual = runtime.runtime_precision(model)
+        notes = list(exported.notes) + notes + [stats.describe()]
+        if actual and actual != precision:
+            notes.append(f"inference_precision={precision} was asked for; the CPU plugin runs {actual}")
+        metrics: dict[str, float] = {"compile_s": compile_s, "quantize_s": quantize_s, "load_s": load_s}
+        if exported.export_s is not None:
+            metrics["export_s"] = exported.export_s
+        ir_dir = exported.path
+        return Built(
+            model=model,
+            layers_quantized=stats.matmuls_quantized,
+            layers_eligible=stats.matmuls,
+            kernel=f"OpenVINO {what} IR, CPU plugin, inference precision {actual or precision}",
+            weights_bytes=stats.constant_bytes,
+            save=lambda path: runtime.save_ir(model, Path(path), ir_dir),
+            reference_tolerance=reference_tolerance,
+            metrics=metrics,
+            notes=notes,
+        )
+
+    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+        from . import runtime
+
+        model = runtime.load_ir(ctx.model_info.kind, Path(path), params["inference_precision"])
+        runtime.compile_timed(model)
+        return model
+
+
+def calibration_texts(ctx: Any, source: str, num_samples: int, param: str, seq_len: int | None = None) -> list[str]:
+    """`num_samples` calibration texts from the calibration part of `source` (never the evaluation part)."""
+    from ...data import splits
+
+    data = replace(ctx.spec.data, source=source, calib_samples=num_samples,
+                   calib_seq_len=seq_len or ctx.spec.data.calib_seq_len)
+    ctx.progress("calibrate", None, f"{num_samples} calibration samples from {source}")
+    try:
+        return splits.calibration_samples(ctx.tokenizer(), data)
+    except DataError as e:
+        raise DataError(f"{param}: {e}") from None

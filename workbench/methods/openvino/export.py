@@ -1,0 +1,60 @@
+"""`ov-export`: the model in the OpenVINO runtime, unquantized.
+
+It separates what the runtime gains from what quantization gains, and it checks
+the export itself: a converted model can go silently wrong (an ONNX export once
+dropped `rope_theta`, BACKENDS.md), so the run's perplexity must match the fp32
+PyTorch baseline within 0.5% (f32 inference; 2% under a bf16/f16 hint), and the
+run is flagged otherwise. Encoders: mean embedding cosine at least 0.995.
+
+optimum-intel compresses models over one billion parameters to int8 when they
+are exported without a quantization config; this method always exports with
+`load_in_8bit=False` and says so, so "OpenVINO fp32" really is fp32.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from ...params import Schema
+from .common import OpenVINOMethod, export_tolerance, precision_param
+
+
+class OVExport(OpenVINOMethod):
+    """The model exported to an OpenVINO IR and run by the CPU plugin, with no quantization."""
+
+    name = "ov-export"
+    description = (
+        "OpenVINO runtime without quantization (fp32 IR; f32, bf16 or f16 inference hint): the runtime's own gain, "
+        "and a check that the export matches PyTorch (perplexity within 0.5%, else flagged)."
+    )
+    quantizes = False
+    schema = Schema((precision_param(),))
+
+    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+        from . import runtime
+
+        precision = params["inference_precision"]
+        exported = runtime.exported_ir(ctx)
+        t0 = time.perf_counter()
+        model = runtime.load_ir(ctx.model_info.kind, exported.path, precision)
+        load_s = time.perf_counter() - t0
+        tol = export_tolerance(precision)
+        notes = [
+            "exported with load_in_8bit=False: optimum-intel would otherwise compress models over 1B parameters "
+            "to int8 on export",
+            f"export check: perplexity within {tol:.1%} of the fp32 PyTorch model (encoders: mean cosine >= "
+            f"{1 - tol:.3f}), else the run is flagged",
+        ]
+        return self.finish(ctx, model, precision, exported, quantize_s=0.0, load_s=load_s, notes=notes,
+                           what="fp32", reference_tolerance=tol)
+
+    def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        precision = params.get("inference_precision", "f32")
+        return (
+            "from optimum.intel import OVModelForCausalLM  # encoders: OVModelForFeatureExtraction\n"
+            "from transformers import AutoTokenizer\n\n"
+            f"model = OVModelForCausalLM.from_pretrained(\n    {model_id!r}, export=True, load_in_8bit=False,\n"
+            f"    ov_config={{'INFERENCE_PRECISION_HINT': {precision!r}}},\n)\n"
+            "model.save_pretrained('ov-fp32')  # openvino_model.xml / .bin\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+        )

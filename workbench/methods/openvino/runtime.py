@@ -1,0 +1,275 @@
+"""Worker-side OpenVINO plumbing shared by `ov-export`, `ov-weight` and `ov-static`.
+
+Runs only in the `openvino` environment (optimum-intel, openvino and nncf are
+imported inside the functions). What lives here:
+
+- the fp32 IR export of a model, done once per model and library versions and
+  cached under `$WORKBENCH_HOME/ov-ir` (an export of SmolLM2 takes about a
+  minute; every OpenVINO run starts from it);
+- loading an IR with the inference precision hint and compiling it, timed apart;
+- counting what is in an IR: which weight-carrying MatMuls and embedding Gathers
+  exist and which hold low-bit weights, and the bytes of every constant.
+
+`optimum-intel` compresses models over one billion parameters to int8 on export
+unless told otherwise; the export here always passes `load_in_8bit=False`, so
+the cached IR is the unquantized model every method starts from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ... import paths
+
+IR_MANIFEST = "workbench-ir.json"
+IR_VERSION = 1
+# The CPU plugin's INFERENCE_PRECISION_HINT values the workbench offers. OpenVINO
+# runs bf16 by default on CPUs with AVX512-BF16 / AMX: f32 keeps runs comparable.
+PRECISIONS = ("f32", "bf16", "f16")
+# Element types of weights that count as quantized (NNCF's int/nf/cb/mx formats).
+LOW_BIT_TYPES = {"i2", "u2", "i3", "u3", "i4", "u4", "i8", "u8", "nf4", "f4e2m1", "f8e4m3", "f8e5m2", "f8e8m0"}
+# Ops between a weight constant and the op that consumes it, in NNCF's decompression
+# subgraphs (Convert -> Subtract zero point -> Multiply scale -> Reshape) and in
+# static quantization (FakeQuantize / FakeConvert on the weight).
+_PASS_THROUGH = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze",
+                 "FakeQuantize", "FakeConvert"}
+
+
+def ov_model_class(kind: str) -> Any:
+    """The optimum-intel class for a workbench model kind."""
+    import optimum.intel as oi
+
+    classes = {"causal-lm": oi.OVModelForCausalLM, "encoder": oi.OVModelForFeatureExtraction}
+    if kind not in classes:
+        raise ValueError(f"model kind {kind!r}: OpenVINO methods take {', '.join(classes)}")
+    return classes[kind]
+
+
+def ov_config(precision: str) -> dict[str, str]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"inference_precision: got {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    return {"INFERENCE_PRECISION_HINT": precision}
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("optimum-intel", "openvino", "nncf", "transformers", "optimum")}
+
+
+def _ir_dir(ctx: Any) -> Path:
+    blob = json.dumps({"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
+                       "ir": IR_VERSION}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in ctx.spec.model.id)[-40:]
+    return paths.subdir("ov-ir") / f"{slug}-{key}"
+
+
+@dataclass
+class Exported:
+    """The cached fp32 IR of a model and how it came to be."""
+
+    path: Path
+    export_s: float | None  # None: reused from the cache
+    notes: list[str] = field(default_factory=list)
+
+
+def exported_ir(ctx: Any) -> Exported:
+    """The model as an fp32 OpenVINO IR (exported once, then read from the cache).
+
+    The export runs optimum-intel's exporter (torch tracing through `optimum.exporters.openvino`)
+    on the model's local directory, with weights kept in fp32 (`load_in_8bit=False`), in a
+    child process (the PyTorch model it traces must not count in this run's peak memory),
+    under a lock so parallel workers export once.
+    """
+    ov_model_class(ctx.model_info.kind)  # the imports (seconds) land here, outside the timed steps
+    target = _ir_dir(ctx)
+    with paths.file_lock(target.with_suffix(".lock")):
+        if (target / IR_MANIFEST).exists():
+            return Exported(target, None, [f"fp32 IR reused from the cache ({target.name})"])
+        source = ctx.model_dir()
+        ctx.progress("export", None, f"exporting {ctx.spec.model.id} to OpenVINO IR (fp32, once per model)")
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", __name__, ctx.model_info.kind, str(source), str(target)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        if proc.returncode != 0 or not (target / IR_MANIFEST).exists():
+            tail = "\n".join(proc.stderr.splitlines()[-25:])
+            raise RuntimeError(f"OpenVINO export of {ctx.spec.model.id} failed (exit {proc.returncode}):\n{tail}")
+        export_s = time.perf_counter() - t0
+        return Exported(target, export_s, [f"exported to an fp32 IR in {export_s:.1f} s, in a child process "
+                                           "(cached for later runs)"])
+
+
+def export(kind: str, source: Path, target: Path) -> None:
+    """Export the model at `source` to an fp32 IR at `target` (written atomically, manifest last)."""
+    cls = ov_model_class(kind)
+    model = cls.from_pretrained(str(source), export=True, compile=False, load_in_8bit=False)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    _copy_tokenizer(source, tmp)
+    (tmp / IR_MANIFEST).write_text(json.dumps({"source": str(source), "versions": library_versions()}, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    """Tokenizer files next to the IR: NNCF's data-aware paths and reloads read them from there."""
+    for f in source.iterdir():
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "vocab.txt",
+                                                                        "merges.txt", "vocab.json")):
+            if not (target / f.name).exists():
+                shutil.copy2(f, target / f.name)
+
+
+def load_ir(kind: str, path: Path, precision: str, **kwargs: Any) -> Any:
+    """An optimum-intel model of the IR at `path`, not yet compiled (`compile_timed` compiles it)."""
+    cls = ov_model_class(kind)
+    return cls.from_pretrained(str(path), compile=False, ov_config=ov_config(precision), **kwargs)
+
+
+def compile_timed(model: Any) -> float:
+    """Compile for the CPU plugin; seconds taken (reported as compile_s, apart from inference)."""
+    t0 = time.perf_counter()
+    model.compile()
+    return time.perf_counter() - t0
+
+
+def runtime_precision(model: Any) -> str | None:
+    """The inference precision the compiled model actually runs in (the hint may be ignored)."""
+    request = getattr(model, "request", None)
+    if request is None:
+        return None
+    compiled = request.get_compiled_model() if hasattr(request, "get_compiled_model") else request
+    try:
+        value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except Exception:  # noqa: BLE001 - a plugin that does not report it
+        return None
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+@dataclass
+class WeightStats:
+    """What an IR holds: weight-carrying ops and how their weights are stored."""
+
+    matmuls: int = 0
+    matmuls_quantized: int = 0
+    embeddings: int = 0
+    embeddings_quantized: int = 0
+    constant_bytes: int = 0
+    weight_types: Counter = field(default_factory=Counter)  # element type of each weight -> count
+    fake_quantize: int = 0
+    added_matmuls: int = 0  # weighted MatMuls the exported model did not have (LoRA correction adapters)
+
+    def describe(self) -> str:
+        types = ", ".join(f"{n} {t}" for t, n in sorted(self.weight_types.items(), key=lambda x: -x[1]))
+        text = (f"{self.matmuls_quantized}/{self.matmuls} MatMul weights and {self.embeddings_quantized}/"
+                f"{self.embeddings} embedding tables in low precision (weights by element type: {types})")
+        if self.fake_quantize:
+            text += f"; {self.fake_quantize} FakeQuantize ops (activations and weights quantized)"
+        if self.added_matmuls:
+            text += f"; {self.added_matmuls} MatMuls added by the compression (LoRA correction adapters), not counted"
+        return text
+
+
+def weighted_matmuls(ov_model: Any) -> set[str]:
+    """Friendly names of the MatMuls that multiply by a constant weight matrix."""
+    return {op.get_friendly_name() for op in ov_model.get_ordered_ops()
+            if op.get_type_name() == "MatMul" and _matmul_weight(op) is not None}
+
+
+def read_ir(path: Path) -> Any:
+    """The `openvino.Model` of an IR directory (weights memory-mapped, nothing compiled)."""
+    import openvino as ov
+
+    return ov.Core().read_model(str(Path(path) / "openvino_model.xml"))
+
+
+def _matmul_weight(op: Any) -> tuple[str, bool] | None:
+    return _trace_weight(op.input_value(1).get_node()) or _trace_weight(op.input_value(0).get_node())
+
+
+def weight_stats(ov_model: Any, layers: set[str] | None = None) -> WeightStats:
+    """Count the weight-carrying ops of an `openvino.Model`: MatMul (weights on input 1, or input 0
+    when transposed there) and embedding Gather (table on input 0), each traced back to its
+    constant. Also the bytes of every constant in the model.
+
+    `layers`: the weighted MatMuls of the exported model (`weighted_matmuls`); MatMuls the
+    compression added (LoRA correction adapters) are then counted apart, not as layers.
+    """
+    stats = WeightStats()
+    seen_consts: set[str] = set()
+    for op in ov_model.get_ordered_ops():
+        t = op.get_type_name()
+        if t == "Constant":
+            name = op.get_friendly_name()
+            if name not in seen_consts:
+                seen_consts.add(name)
+                stats.constant_bytes += int(op.get_byte_size())
+        elif t == "FakeQuantize":
+            stats.fake_quantize += 1
+        if t == "MatMul":
+            traced = _matmul_weight(op)
+            if traced is not None and layers is not None and op.get_friendly_name() not in layers:
+                stats.added_matmuls += 1
+            elif traced is not None:
+                stats.matmuls += 1
+                stats.matmuls_quantized += traced[1]
+                stats.weight_types[traced[0]] += 1
+        elif t == "Gather":
+            traced = _trace_weight(op.input_value(0).get_node())
+            if traced is not None:
+                stats.embeddings += 1
+                stats.embeddings_quantized += traced[1]
+                stats.weight_types[traced[0]] += 1
+    return stats
+
+
+def _trace_weight(node: Any, depth: int = 0) -> tuple[str, bool] | None:
+    """(element type, quantized?) of the weight matrix feeding `node`, or None when it is not
+    a constant matrix (activations, shapes, 1-D tables)."""
+    quantized = False
+    while depth < 12:
+        t = node.get_type_name()
+        if t == "Constant":
+            shape = [int(d) for d in node.get_output_partial_shape(0).to_shape()]
+            if sum(1 for d in shape if d > 1) < 2:
+                return None
+            et = node.get_output_element_type(0).get_type_name()
+            return et, quantized or et in LOW_BIT_TYPES
+        if t not in _PASS_THROUGH:
+            return None
+        if t in ("FakeQuantize", "FakeConvert"):
+            quantized = True
+        node = node.input_value(0).get_node()
+        depth += 1
+    return None
+
+
+def ir_bytes_on_disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.bin"))
+
+
+def save_ir(model: Any, path: Path, tokenizer_from: Path | None) -> None:
+    """The model's IR (xml + bin), config and tokenizer, reloadable with `load_ir`."""
+    model.save_pretrained(str(path))
+    if tokenizer_from is not None:
+        _copy_tokenizer(Path(tokenizer_from), Path(path))
+
+
+if __name__ == "__main__":
+    # python -m workbench.methods.openvino.runtime KIND SOURCE_DIR TARGET_DIR (used by `exported_ir`)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    export(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
