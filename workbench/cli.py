@@ -20,18 +20,23 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InvalidParams, InvalidSpec, ParamError, WorkbenchError
+from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
 from .result import RunResult, RunStatus
 from .spec import BenchSpec, DataSpec
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
 
 # The default comparison: the reference, int8 per-channel, and int4 g64 both ways.
+# One configuration per family a CPU user would weigh: PyTorch fp32, the reference int4, the
+# torch-side int8 and 4-bit, and OpenVINO's runtime alone, int8 and int4 (all data-free).
 DEFAULT_COMPARISON = (
     "baseline",
-    "rtn:bits=8,group_size=-1,sym=true",
-    "rtn:bits=4,group_size=64,sym=true",
     "rtn:bits=4,group_size=64,sym=false",
+    "torchao:scheme=int8_weight_only",
+    "hqq:nbits=4,group_size=64",
+    "ov-export",
+    "ov-weight:bits=8",
+    "ov-weight:bits=4,group_size=64",
 )
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -171,8 +176,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         name, params = _parse_method(text)
         specs.append(session.make_spec(args.model, name, params, **opts))
     # Validate everything before running anything: a typo in the last method costs nothing.
-    problems = [(s, session.problems(s)) for s in specs]
-    bad = [(s, p) for s, p in problems if p]
+    # An unavailable method (its environment not created) is no input error: it is reported
+    # with its install command and the others run.
+    bad = []
+    for s in specs:
+        try:
+            session.validate(s)
+        except MethodUnavailable:
+            pass
+        except WorkbenchError:
+            bad.append((s, session.problems(s)))
     if bad:
         for s, p in bad:
             print(f"{s.label}:\n  " + "\n  ".join(p), file=sys.stderr)
