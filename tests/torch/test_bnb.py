@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel
 
 bnb = pytest.importorskip("bitsandbytes")
 
 from workbench.errors import InvalidParams  # noqa: E402
 from workbench.measure.memory import module_weight_bytes  # noqa: E402
 from workbench.methods.bnb import BitsAndBytes, held_weight_bytes  # noqa: E402
+from tiny import Ctx, cosine, ids, logits, save_llama  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -28,66 +28,11 @@ def _quiet_bitsandbytes():
     logger.setLevel(level)
 
 
-class Ctx:
-    """The part of the worker's BuildContext that `BitsAndBytes.build` uses."""
-
-    def __init__(self, path: Path, auto=AutoModelForCausalLM):
-        self.path, self.auto = path, auto
-        self.device = "cpu"
-        self.stages: list[str] = []
-
-    def load_model(self, dtype: str = "float32", path: Path | None = None, **kw):
-        return self.auto.from_pretrained(path or self.path, dtype=getattr(torch, dtype), **kw).eval()
-
-    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
-        self.stages.append(stage)
-
-    def warn(self, message: str) -> None:
-        pass
-
-
-def _llama(path: Path, hidden: int) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=hidden // 4, vocab_size=512, tie_word_embeddings=True,
-                      initializer_range=0.1, max_position_embeddings=256)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    return _llama(tmp_path_factory.mktemp("tiny-llama"), 64)
-
-
 @pytest.fixture(scope="module")
 def wide_llama(tmp_path_factory) -> Path:
     """Input dimensions 128 and 256: more than one 64-weight block per row (needed to see the
     4-bit save defect, which transposes the block scales)."""
-    return _llama(tmp_path_factory.mktemp("wide-llama"), 128)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=256, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
-def ids(n: int = 16, vocab: int = 512) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(1))
-
-
-def logits(model, x=None) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(input_ids=ids() if x is None else x).logits
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
+    return save_llama(tmp_path_factory.mktemp("wide-llama"), 128)
 
 
 def linear_count(model) -> int:
@@ -258,7 +203,7 @@ def test_encoder_layers_are_all_quantized(tiny_bert):
     assert cosine(a, b) > 0.999
 
 
-def product_tiny_llama() -> Path:
+def product_tinysave_llama() -> Path:
     """The catalog's tiny-llama (it has a tokenizer, which the code template loads)."""
     from workbench.models import loader
     from workbench.spec import ModelSpec
@@ -268,7 +213,7 @@ def product_tiny_llama() -> Path:
 
 def test_code_runs_and_gives_the_same_model():
     params = {"bits": 8, "llm_int8_threshold": 2}
-    path = product_tiny_llama()
+    path = product_tinysave_llama()
     scope: dict = {}
     exec(BitsAndBytes().code(str(path), params), scope)
     built = BitsAndBytes().build(Ctx(path), params)

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel
 
 from workbench.errors import InvalidParams
 from workbench.measure.memory import module_weight_bytes
@@ -17,60 +15,7 @@ pytestmark = pytest.mark.torch
 
 pytest.importorskip("hqq")
 from hqq.core.quantize import HQQLinear  # noqa: E402
-
-
-class Ctx:
-    """The part of the worker's BuildContext that the methods use."""
-
-    def __init__(self, path: Path, auto=AutoModelForCausalLM):
-        self.path, self.auto = path, auto
-        self.progress_calls: list[tuple[str, float | None]] = []
-        self.device = "cpu"
-
-    def load_model(self, dtype: str = "float32", path: Path | None = None, **kw):
-        return self.auto.from_pretrained(path or self.path, dtype=getattr(torch, dtype), **kw).eval()
-
-    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
-        self.progress_calls.append((stage, fraction))
-
-    def warn(self, message: str) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True,
-        initializer_range=0.1, max_position_embeddings=256,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=256, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
-def ids(n: int = 16, vocab: int = 512) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(1))
-
-
-def logits(model, x=None) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids() if x is None else x).logits
-
-
-def cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
+from tiny import Ctx, cosine, ids, logits  # noqa: E402
 
 
 def test_build_replaces_the_selected_layers_and_counts_them(tiny_llama):
@@ -106,7 +51,7 @@ def test_fewer_bits_move_further_from_fp32(tiny_llama):
         built = HQQ().build(Ctx(tiny_llama), {"nbits": nbits, "group_size": 64})
         got = logits(built.model)
         assert torch.isfinite(got).all()
-        sim[nbits] = cos(got, fp)
+        sim[nbits] = cosine(got, fp)
     assert sim[8] > 0.9995 and sim[8] > sim[4] > sim[2] and sim[4] > 0.9
     assert built.model.generate(ids(4)[:1], max_new_tokens=4, do_sample=False).shape == (1, 8)
 
@@ -181,7 +126,7 @@ def test_encoder_layers_are_all_quantized(tiny_bert, tmp_path):
     with torch.no_grad():
         a = built.model(input_ids=x).last_hidden_state
         b = Ctx(tiny_bert, AutoModel).load_model()(input_ids=x).last_hidden_state
-    assert cos(a, b) > 0.999
+    assert cosine(a, b) > 0.999
     built.save(tmp_path / "q")
     with torch.no_grad():
         c = HQQ().load_saved(ctx, {"nbits": 8}, tmp_path / "q")(input_ids=x).last_hidden_state

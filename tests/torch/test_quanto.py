@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel
 
 quanto = pytest.importorskip("optimum.quanto")
 
@@ -16,6 +15,7 @@ from optimum.quanto.nn import QLinear  # noqa: E402
 from workbench.errors import InvalidParams  # noqa: E402
 from workbench.measure.memory import module_weight_bytes  # noqa: E402
 from workbench.methods.quanto import QMAP_FILE, Quanto, load_quantized  # noqa: E402
+from tiny import Ctx, cosine, ids, logits, save_bert, save_llama  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -27,69 +27,15 @@ def product_model(name: str) -> Path:
     return loader.resolve(ModelSpec(name))
 
 
-class Ctx:
-    """The part of the worker's BuildContext that `Quanto.build` uses."""
-
-    def __init__(self, path: Path, auto=AutoModelForCausalLM, tokenizer_path: Path | None = None):
-        self.path, self.auto = path, auto
-        self.tokenizer_path = tokenizer_path or path
-        self.device = "cpu"
-        self.stages: list[str] = []
-
-    def load_model(self, dtype: str = "float32", **kw):
-        return self.auto.from_pretrained(self.path, dtype=getattr(torch, dtype), **kw).eval()
-
-    def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.tokenizer_path)
-
-    def calibration_texts(self) -> list[str]:
-        import pydoc_data.topics as topics
-
-        text = "\n".join(topics.topics.values())
-        return [text[i * 600:(i + 1) * 600] for i in range(16)]
-
-    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
-        self.stages.append(stage)
-
-    def warn(self, message: str) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
     """Input dimensions 192 and 384: int4 groups of 96 and 128 (quanto's choice), as on SmolLM2."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=192, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=48, vocab_size=512, tie_word_embeddings=True,
-                      initializer_range=0.05, max_position_embeddings=256)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
+    return save_llama(tmp_path_factory.mktemp("tiny-llama"), hidden=192, init=0.05)
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=1024, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
-def ids(n: int = 16, vocab: int = 512) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(1))
-
-
-def logits(model, x=None) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(input_ids=ids() if x is None else x).logits
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+    return save_bert(tmp_path_factory.mktemp("tiny-bert"), vocab=1024)
 
 
 @pytest.mark.parametrize("weights,min_cos", [("int8", 0.999), ("float8", 0.99), ("int4", 0.95), ("int2", 0.3)])

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel
 
 from workbench.errors import InvalidParams
 from workbench.methods.rtn import RTN, load_quantized
 from workbench.teach import packing
 from workbench.teach.quant import QuantLinear, fake_quantize
+from tiny import Ctx, ids  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -25,51 +26,6 @@ def smol_dir() -> Path:
     from workbench.spec import ModelSpec
 
     return loader.resolve(ModelSpec("smollm2-135m"))
-
-
-class Ctx:
-    """The part of the worker's BuildContext that `RTN.build` uses."""
-
-    def __init__(self, path: Path, auto=AutoModelForCausalLM):
-        self.path, self.auto = path, auto
-        self.progress_calls: list[tuple[str, float | None]] = []
-        self.device = "cpu"
-
-    def load_model(self, dtype: str = "float32", **kw):
-        return self.auto.from_pretrained(self.path, dtype=getattr(torch, dtype), **kw).eval()
-
-    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
-        self.progress_calls.append((stage, fraction))
-
-    def warn(self, message: str) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True,
-        initializer_range=0.1, max_position_embeddings=256,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=256, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
-def ids(n: int = 16, vocab: int = 512) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(1))
 
 
 def linear_names(model) -> dict[str, torch.nn.Module]:

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel
 
 from workbench.errors import InvalidParams, MethodUnavailable
 from workbench.measure.memory import module_weight_bytes
@@ -18,62 +16,9 @@ pytestmark = pytest.mark.torch
 torchao = pytest.importorskip("torchao")
 from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor  # noqa: E402
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor  # noqa: E402
+from tiny import Ctx, cosine, ids, logits  # noqa: E402
 
 CPU_SCHEMES = ("int8_weight_only", "int8_dynamic", "float8_weight_only")
-
-
-class Ctx:
-    """The part of the worker's BuildContext that the methods use."""
-
-    def __init__(self, path: Path, auto=AutoModelForCausalLM):
-        self.path, self.auto = path, auto
-        self.progress_calls: list[tuple[str, float | None]] = []
-        self.device = "cpu"
-
-    def load_model(self, dtype: str = "float32", path: Path | None = None, **kw):
-        return self.auto.from_pretrained(path or self.path, dtype=getattr(torch, dtype), **kw).eval()
-
-    def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
-        self.progress_calls.append((stage, fraction))
-
-    def warn(self, message: str) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True,
-        initializer_range=0.1, max_position_embeddings=256,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=256, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
-def ids(n: int = 16, vocab: int = 512) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(1))
-
-
-def logits(model, x=None) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids() if x is None else x).logits
-
-
-def cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
 
 
 def test_build_counts_the_weights_that_became_subclasses(tiny_llama):
@@ -106,7 +51,7 @@ def test_outputs_are_close_to_fp32_but_not_equal(tiny_llama, scheme, min_cos):
     built = TorchAO().build(Ctx(tiny_llama), {"scheme": scheme})
     got, fp = logits(built.model), logits(Ctx(tiny_llama).load_model())
     assert torch.isfinite(got).all()
-    assert cos(got, fp) > min_cos
+    assert cosine(got, fp) > min_cos
     assert (got - fp).abs().max() > 1e-4
     assert built.model.generate(ids(4)[:1], max_new_tokens=4, do_sample=False).shape == (1, 8)
 
@@ -186,7 +131,7 @@ def test_encoder_layers_are_quantized_and_round_trip(tiny_bert, tmp_path):
     with torch.no_grad():
         a = built.model(input_ids=x).last_hidden_state
         b = Ctx(tiny_bert, AutoModel).load_model()(input_ids=x).last_hidden_state
-    assert cos(a, b) > 0.999
+    assert cosine(a, b) > 0.999
     built.save(tmp_path / "q")
     with torch.no_grad():
         c = TorchAO().load_saved(ctx, {"scheme": "int8_dynamic"}, tmp_path / "q")(input_ids=x).last_hidden_state
