@@ -36,7 +36,7 @@ from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
 from .layers import few as _few
-from .layers import select_layers, selection_error
+from .layers import left_out_note, replace_layers_code, select_layers, selection_error
 from .rtn import _tie_notes
 
 CONFIG_FILE = "quant_config.json"
@@ -171,7 +171,8 @@ class HQQ(Method):
         quantized = [n for n, m in model.named_modules() if isinstance(m, HQQLinear)]
         skipped = [n for n in shapes if n not in set(quantized)]
         if skipped:
-            notes.append(_left_out_note(skipped, dtype_name, p["include"], p["exclude"]))
+            notes.append(left_out_note(skipped, dtype_name, p["include"], p["exclude"],
+                                       "the default: like transformers and hqq, the output layer stays unquantized"))
         if group_size != -1 and axis == 1:
             straddle = [n for n in quantized if shapes[n][1] % group_size]
             if straddle:
@@ -229,29 +230,10 @@ class HQQ(Method):
             "HQQLinear.set_backend(HQQBackend.PYTORCH)  # the backend that runs on CPU\n"
             f"quant_config = BaseQuantizeConfig(nbits={p['nbits']}, group_size={hqq_group_size(p['group_size'])}, "
             f"axis={p['axis']})\n"
-            f"include, exclude = {list(p['include'])!r}, {list(p['exclude'])!r}\n"
-            "selected = [\n"
-            "    name for name, m in model.named_modules()\n"
-            "    if isinstance(m, torch.nn.Linear)\n"
-            "    and any(fnmatch.fnmatchcase(name, pat) for pat in include)\n"
-            "    and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)\n"
-            "]\n"
-            "if 'lm_head' in selected:\n"
-            "    model.config.tie_word_embeddings = False  # replacing lm_head unties it from the embeddings\n"
-            "for name in selected:\n"
-            "    parent_name, _, child = name.rpartition('.')\n"
-            "    parent = model.get_submodule(parent_name)\n"
-            "    setattr(parent, child, HQQLinear(getattr(parent, child), quant_config, compute_dtype=dtype, "
+            + replace_layers_code(p["include"], p["exclude"])
+            +             "    setattr(parent, child, HQQLinear(getattr(parent, child), quant_config, compute_dtype=dtype, "
             "device='cpu'))\n"
         )
-
-
-def _left_out_note(skipped: list[str], dtype: str, include: list[str], exclude: list[str]) -> str:
-    why = f"exclude={exclude}" + (" (the default: like transformers and hqq, the output layer stays unquantized)"
-                                  if exclude == ["lm_head"] else "")
-    if include != ["*"]:
-        why = f"include={include}, {why}"
-    return f"left in {dtype} by {why}: {_few(skipped, 5)}"
 
 
 def _gcd(a: int, b: int) -> int:

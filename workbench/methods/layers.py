@@ -28,6 +28,33 @@ def few(names: Sequence[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
+def replace_layers_code(include: list[str], exclude: list[str]) -> str:
+    """The plain code (for `Method.code`) that selects Linear layers by fnmatch patterns, unties a
+    selected lm_head, and opens a loop giving `parent` and `child` for each one to replace."""
+    return (
+        f"include, exclude = {list(include)!r}, {list(exclude)!r}\n"
+        "selected = [\n"
+        "    name for name, m in model.named_modules()\n"
+        "    if isinstance(m, torch.nn.Linear)\n"
+        "    and any(fnmatch.fnmatchcase(name, pat) for pat in include)\n"
+        "    and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)\n"
+        "]\n"
+        "if 'lm_head' in selected:\n"
+        "    model.config.tie_word_embeddings = False  # replacing lm_head unties it from the embeddings\n"
+        "for name in selected:\n"
+        "    parent_name, _, child = name.rpartition('.')\n"
+        "    parent = model.get_submodule(parent_name)\n"
+    )
+
+
+def left_out_note(skipped: Sequence[str], dtype: str, include: list[str], exclude: list[str], default_why: str) -> str:
+    """The note naming the layers left in `dtype` and the patterns that left them there."""
+    why = f"exclude={exclude}" + (f" ({default_why})" if exclude == ["lm_head"] else "")
+    if include != ["*"]:
+        why = f"include={include}, {why}"
+    return f"left in {dtype} by {why}: {few(list(skipped), 5)}"
+
+
 def group_sizes_dividing(in_dims: Iterable[int], limit: int = 8) -> list[int]:
     """Group sizes (multiples of 8) that divide every input dimension, largest first."""
     g = 0

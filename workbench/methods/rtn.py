@@ -20,7 +20,7 @@ from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
 from .layers import few as _few
-from .layers import group_size_error, select_layers, selection_error
+from .layers import group_size_error, replace_layers_code, select_layers, selection_error
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -163,19 +163,8 @@ class RTN(Method):
             "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
             "from workbench.teach.quant import QuantLinear  # packed codes, dequantized in forward\n\n"
             f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32).eval()\n"
-            f"include, exclude = {list(p['include'])!r}, {list(p['exclude'])!r}\n"
-            "selected = [\n"
-            "    name for name, m in model.named_modules()\n"
-            "    if isinstance(m, torch.nn.Linear)\n"
-            "    and any(fnmatch.fnmatchcase(name, pat) for pat in include)\n"
-            "    and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)\n"
-            "]\n"
-            "if 'lm_head' in selected:\n"
-            "    model.config.tie_word_embeddings = False  # replacing lm_head unties it from the embeddings\n"
-            "for name in selected:\n"
-            "    parent_name, _, child = name.rpartition('.')\n"
-            "    parent = model.get_submodule(parent_name)\n"
-            "    linear = getattr(parent, child)\n"
+            + replace_layers_code(p["include"], p["exclude"])
+            + "    linear = getattr(parent, child)\n"
             "    # per row, per group of input columns: W_q = clip(round(W / S + Z)), W_hat = S * (W_q - Z)\n"
             f"    setattr(parent, child, QuantLinear.from_linear(linear, bits={p['bits']}, sym={p['sym']}, "
             f"group_size={p['group_size']}))\n"

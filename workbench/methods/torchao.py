@@ -44,7 +44,7 @@ from ..errors import InvalidParams, MethodUnavailable, ParamError
 from ..params import Param, Schema
 from .base import Built, Method
 from .layers import few as _few
-from .layers import group_size_error, select_layers, selection_error
+from .layers import group_size_error, left_out_note, select_layers, selection_error
 from .rtn import _tie_notes
 
 SCHEMES = ("int8_weight_only", "int8_dynamic", "int4_weight_only", "float8_weight_only", "float8_dynamic")
@@ -214,7 +214,8 @@ class TorchAO(Method):
             )
         skipped = [n for n in shapes if n not in chosen]
         if skipped:
-            notes.append(_left_out_note(skipped, dtype, p["include"], p["exclude"]))
+            notes.append(left_out_note(skipped, dtype, p["include"], p["exclude"],
+                                       "the default: like transformers, the output layer stays in full precision"))
         if dtype != "float32":
             notes.append(f"the model runs in {dtype}: {scheme} on {device} needs it (tinygemm int4 kernel)")
         claimed = int(model.get_memory_footprint())
@@ -274,14 +275,6 @@ class TorchAO(Method):
             f"#     quantization_config=TorchAoConfig({_config_code(scheme, p.get('group_size', 64))}, "
             "modules_to_not_convert=['lm_head']))\n"
         )
-
-
-def _left_out_note(skipped: list[str], dtype: str, include: list[str], exclude: list[str]) -> str:
-    why = f"exclude={exclude}" + (" (the default: like transformers, the output layer stays in full precision)"
-                                  if exclude == ["lm_head"] else "")
-    if include != ["*"]:
-        why = f"include={include}, {why}"
-    return f"left in {dtype} by {why}: {_few(skipped, 5)}"
 
 
 def _model_dtype(scheme: str) -> str:
