@@ -25,6 +25,7 @@ def _lm_ref() -> dict:
         "kind": "causal-lm",
         "topk_idx": torch.arange(12, dtype=torch.int32).view(3, 4),
         "topk_logp": -torch.rand(3, 4),
+        "perplexity": 14.7,
     }
 
 
@@ -85,3 +86,12 @@ def test_cached_reference_computes_once():
     second, computed_again = reference.cached_reference(MODEL, DATA, compute)
     assert (computed, computed_again) == (True, False) and len(calls) == 1
     assert torch.equal(first["topk_idx"], second["topk_idx"])
+
+
+def test_a_causal_lm_reference_must_hold_the_fp32_perplexity(home):
+    """Exports are checked against it (ov-export): a reference without it is refused, not half-saved."""
+    obj = _lm_ref()
+    del obj["perplexity"]
+    with pytest.raises(DataError, match="perplexity"):
+        reference.save_reference(MODEL, DATA, obj)
+    assert reference.load_reference(MODEL, DATA) is None
