@@ -175,14 +175,19 @@ class RunResult:
 def label(method: str, params: Mapping[str, Any]) -> str:
     """A short name for a configuration, e.g. `rtn bits=4 group_size=64 sym=false`.
 
-    Scalars are always shown (a reader compares them across rows); list parameters only
-    when they differ from the method's default, which keeps include/exclude patterns out
-    of every label.
+    Scalars are shown (a reader compares them across rows); list parameters only when they
+    differ from the method's default, which keeps include/exclude patterns out of every label.
+    Methods with more than LONG_SCHEMA parameters (ov-weight has 17) show only the first
+    parameter and those that differ from their defaults, else labels run off the table.
     """
     defaults = _defaults(method)
+    long_schema = len(defaults) > LONG_SCHEMA
+    first = next(iter(defaults), None)
     parts = [method]
     for k, v in sorted(params.items()):
         if v is None or (isinstance(v, (list, tuple)) and (not v or list(v) == defaults.get(k))):
+            continue
+        if long_schema and k != first and k in defaults and v == defaults[k]:
             continue
         if isinstance(v, bool):
             parts.append(k if v else f"{k}=false")
@@ -193,12 +198,16 @@ def label(method: str, params: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+LONG_SCHEMA = 6
+
+
 def _defaults(method: str) -> dict[str, Any]:
+    """Every parameter's default, in schema order (hidden ones too)."""
     try:
         from .registry import methods
 
         ref = methods().get(method)
-        return ref.cls.schema.defaults() if ref else {}
+        return {p.name: p.default for p in ref.cls.schema.params} if ref else {}
     except Exception:  # noqa: BLE001 - a label must never fail (e.g. a plug-in that no longer imports)
         return {}
 
