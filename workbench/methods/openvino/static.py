@@ -65,24 +65,24 @@ class OVStatic(OpenVINOMethod):
         precision = p["inference_precision"]
         kind = ctx.model_info.kind
         exported = runtime.exported_ir(ctx)
-        common = dict(num_samples=p["num_samples"], sym=p["sym"], smooth_quant_alpha=p["smooth_quant_alpha"],
+        options = dict(num_samples=p["num_samples"], sym=p["sym"], smooth_quant_alpha=p["smooth_quant_alpha"],
                       fast_bias_correction=p["fast_bias_correction"])
         notes = [f"NNCF quantize: int8 weights and {'symmetric' if p['sym'] else 'asymmetric'} int8 activations, "
                  f"{p['num_samples']} calibration samples from {p['dataset']}"]
         if kind == "causal-lm":
             texts = calibration_texts(ctx, p["dataset"], p["num_samples"], "num_samples")
-            config = OVQuantizationConfig(dataset=texts, tokenizer=str(exported.path), **common)
+            config = OVQuantizationConfig(dataset=texts, tokenizer=str(exported.path), **options)
             ctx.progress("quantize", None, "NNCF static quantization (statistics, SmoothQuant, bias correction)")
             t0 = time.perf_counter()
             model = runtime.load_ir(kind, exported.path, precision, quantization_config=config)
             quantize_s = time.perf_counter() - t0
         else:
-            model, quantize_s = self._quantize_encoder(ctx, p, exported.path, precision, common)
+            model, quantize_s = self._quantize_encoder(ctx, p, exported.path, precision, options)
         return self.finish(ctx, model, precision, exported, quantize_s=quantize_s, load_s=0.0, notes=notes,
                            what="static int8")
 
     def _quantize_encoder(self, ctx: Any, p: Mapping[str, Any], ir_dir: Any, precision: str,
-                          common: dict) -> tuple[Any, float]:
+                          options: dict) -> tuple[Any, float]:
         import datasets
         from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
 
@@ -98,7 +98,7 @@ class OVStatic(OpenVINOMethod):
         t0 = time.perf_counter()
         OVQuantizer.from_pretrained(source).quantize(
             calibration_dataset=calibration, save_directory=str(out),
-            ov_config=OVConfig(quantization_config=OVQuantizationConfig(**common)),
+            ov_config=OVConfig(quantization_config=OVQuantizationConfig(**options)),
         )
         quantize_s = time.perf_counter() - t0
         return runtime.load_ir("encoder", out, precision), quantize_s

@@ -152,7 +152,7 @@ def _check_sensitivity(v: Mapping[str, Any]) -> str | None:
 
 def _check_num_samples(v: Mapping[str, Any]) -> str | None:
     if v.get("bits") == 4 and v.get("dataset") is None and v.get("num_samples") != 32:
-        return "num_samples only applies with a dataset"
+        return "num_samples only applies with a dataset: set dataset, or leave num_samples at its default (32)"
     return None
 
 
