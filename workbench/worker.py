@@ -81,10 +81,14 @@ class BuildContext:
             self._tokenizer = loader.load_tokenizer(self.spec.model)
         return self._tokenizer
 
-    def calibration_texts(self) -> list[str]:
+    def calibration_texts(self, **data_overrides: Any) -> list[str]:
+        """Calibration samples of the run's data; `data_overrides` replace DataSpec fields
+        (a method's own `dataset` / `num_samples` parameters: source=..., calib_samples=...)."""
+        from dataclasses import replace
+
         from .data import splits
 
-        return splits.calibration_samples(self.tokenizer(), self.spec.data)
+        return splits.calibration_samples(self.tokenizer(), replace(self.spec.data, **data_overrides))
 
     def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
         self._report(stage, fraction, message)

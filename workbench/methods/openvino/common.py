@@ -6,7 +6,6 @@ Torch-free and OpenVINO-free at import: the libraries are imported in the worker
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -104,12 +103,9 @@ class OpenVINOMethod(Method):
 
 def calibration_texts(ctx: Any, source: str, num_samples: int, param: str, seq_len: int | None = None) -> list[str]:
     """`num_samples` calibration texts from the calibration part of `source` (never the evaluation part)."""
-    from ...data import splits
-
-    data = replace(ctx.spec.data, source=source, calib_samples=num_samples,
-                   calib_seq_len=seq_len or ctx.spec.data.calib_seq_len)
     ctx.progress("calibrate", None, f"{num_samples} calibration samples from {source}")
     try:
-        return splits.calibration_samples(ctx.tokenizer(), data)
+        return ctx.calibration_texts(source=source, calib_samples=num_samples,
+                                     calib_seq_len=seq_len or ctx.spec.data.calib_seq_len)
     except DataError as e:
         raise DataError(f"{param}: {e}") from None

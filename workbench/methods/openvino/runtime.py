@@ -256,10 +256,6 @@ def _trace_weight(node: Any, depth: int = 0) -> tuple[str, bool] | None:
     return None
 
 
-def ir_bytes_on_disk(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).glob("*.bin"))
-
-
 def save_ir(model: Any, path: Path, tokenizer_from: Path | None) -> None:
     """The model's IR (xml + bin), config and tokenizer, reloadable with `load_ir`."""
     model.save_pretrained(str(path))
