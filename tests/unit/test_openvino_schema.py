@@ -157,3 +157,13 @@ def test_code_is_plain_optimum_intel():
     compile(code, "<code>", "exec")
     for cls in (OVExport, OVStatic):
         compile(cls().code("m", cls.schema.defaults()).replace("calibration_texts", "[]"), "<code>", "exec")
+
+
+def test_a_calibration_file_that_is_not_there_is_refused_in_validation(tmp_path):
+    missing = tmp_path / "calib.txt"
+    [(name, msg)] = errors({"bits": 4, "awq": True, "dataset": f"file:{missing}"})
+    assert name == "dataset" and "no such file" in msg
+    missing.write_text("some calibration text\n")
+    assert errors({"bits": 4, "awq": True, "dataset": f"file:{missing}"}) == []
+    with pytest.raises(InvalidParams, match="no such file"):
+        OVStatic.schema.normalize({"dataset": f"file:{tmp_path / 'other.jsonl'}"})

@@ -30,9 +30,15 @@ _CUT_WINDOW = 0.1
 
 
 def source_error(source: str) -> str | None:
-    """Why `source` is not a text source the workbench reads (None when it is one). No I/O."""
-    if source == "pydoc-topics" or (source.startswith(("file:", "hub:")) and len(source) > 5):
+    """Why `source` is not a text source the workbench can read (None when it is one).
+
+    Cheap enough for validation in the kernel: the form, and for `file:` that the file exists
+    (hub sources are only checked when loaded)."""
+    if source == "pydoc-topics" or (source.startswith("hub:") and len(source) > 4):
         return None
+    if source.startswith("file:") and len(source) > 5:
+        path = Path(source[len("file:"):]).expanduser()
+        return None if path.is_file() else f"got {source!r}: no such file {str(path)!r}"
     return f"got {source!r}; allowed: {SOURCE_FORMS}"
 
 
