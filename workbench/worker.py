@@ -174,7 +174,14 @@ def _accuracy(ctx: BuildContext, model: Any, reference_out: dict | None) -> tupl
     For causal LMs the outputs also hold "targets" (the true next tokens), for the task metric.
     """
     from .measure import accuracy
+    from .models.catalog import PIPELINE_KINDS
 
+    if ctx.model_info.kind in PIPELINE_KINDS:
+        from .measure import pipelines
+
+        ctx.progress("accuracy", 0.0, f"{ctx.model_info.kind}: outputs against the fp32 PyTorch pipeline")
+        return pipelines.accuracy(ctx.model_info.kind, model, ctx, reference_out,
+                                  progress=lambda f: ctx.progress("accuracy", f))
     if ctx.model_info.kind == "causal-lm":
         from .data import splits
 
@@ -214,8 +221,14 @@ def _task_metrics(own: dict) -> dict:
 
 def _latency(ctx: BuildContext, model: Any) -> tuple[dict, dict]:
     from .measure import latency
+    from .models.catalog import PIPELINE_KINDS
 
     b = ctx.spec.bench
+    if ctx.model_info.kind in PIPELINE_KINDS:
+        from .measure import pipelines
+
+        ctx.progress("latency", None, f"{ctx.model_info.kind} pipeline")
+        return pipelines.latency(ctx.model_info.kind, model, ctx)
     cfg = ctx.model_info.config
     vocab = int(cfg.get("vocab_size", 1000))
     tables: dict[str, list] = {}
@@ -403,7 +416,9 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
 def _reference_check(metrics: dict, reference_out: dict, tolerance: float) -> tuple[RunStatus, str | None]:
     """Does the run reproduce the fp32 PyTorch model? For exports and conversions, which can go
     silently wrong (BACKENDS.md: an ONNX export that dropped rope_theta). Causal LMs: perplexity
-    within `tolerance` (relative); encoders: mean embedding cosine at least 1 - `tolerance`."""
+    within `tolerance` (relative); encoders: mean embedding cosine at least 1 - `tolerance`;
+    text-to-image: RMS pixel difference (pixels in [0, 1]) at most `tolerance`; speech-to-text and
+    vision-language: top-1 agreement of the teacher-forced tokens at least 1 - `tolerance`."""
     ref_ppl = reference_out.get("perplexity")
     if ref_ppl is not None and metrics.get("perplexity") is not None:
         metrics["reference_perplexity"] = ref_ppl
@@ -422,7 +437,27 @@ def _reference_check(metrics: dict, reference_out: dict, tolerance: float) -> tu
             f"does not match the PyTorch fp32 model: mean embedding cosine {cosine:.4f} < {1 - tolerance:.4f}: "
             "the export or conversion changed the model"
         )
+    rmse = metrics.get("image_rmse")
+    if rmse is not None:
+        if rmse <= tolerance:
+            return RunStatus.OK, None
+        return RunStatus.FLAGGED, (
+            f"does not match the PyTorch fp32 pipeline: RMS pixel difference {rmse:.4f} > {tolerance:.4f} "
+            f"(PSNR {metrics.get('image_psnr_db', float('nan')):.1f} dB): the export changed the pipeline"
+        )
+    top1 = metrics.get("top1_agreement")
+    if top1 is not None:
+        if top1 >= 1 - tolerance:
+            return RunStatus.OK, None
+        return RunStatus.FLAGGED, (
+            f"does not match the PyTorch fp32 model: top-1 agreement {top1:.4f} < {1 - tolerance:.4f}: "
+            "the export or conversion changed the model"
+        )
     return RunStatus.OK, None
+
+
+# The accuracy number a reload is judged by, first present wins.
+RELOAD_METRICS = ("perplexity", "embedding_cosine", "image_psnr_db", "top1_agreement")
 
 
 # Largest relative change of accuracy (perplexity, or embedding cosine for encoders) after a reload.
@@ -434,7 +469,7 @@ def _reload_check(spec: RunSpec, target: str, saved: Path, result: RunResult) ->
     import subprocess
 
     emit("reload", None, "reloading the saved artifact in a fresh process")
-    name = "perplexity" if "perplexity" in result.metrics else "embedding_cosine"
+    name = next((m for m in RELOAD_METRICS if result.metrics.get(m) is not None), RELOAD_METRICS[0])
     before = result.metrics.get(name)
     request = saved.parent / "reload-request.json"
     out = saved.parent / "reload-result.json"

@@ -27,7 +27,7 @@ def errors(params, model=None):
 
 def test_modules_import_neither_torch_nor_openvino():
     code = ("import sys, workbench.methods.openvino.weight, workbench.methods.openvino.static, "
-            "workbench.methods.openvino.export; print(any(m in sys.modules for m in ('torch', 'openvino', 'nncf')))")
+            "workbench.methods.openvino.export, workbench.methods.openvino.hybrid; print(any(m in sys.modules for m in ('torch', 'openvino', 'nncf')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -27,3 +27,16 @@ def test_encoders_are_checked_by_mean_cosine():
     assert _reference_check({"embedding_cosine": 0.9999}, {"embeddings": None}, 0.005)[0] is RunStatus.OK
     status, error = _reference_check({"embedding_cosine": 0.98}, {"embeddings": None}, 0.005)
     assert status is RunStatus.FLAGGED and "0.9800" in error and "0.9950" in error
+
+
+def test_pipelines_images_are_checked_by_rms_pixel_difference():
+    ok = {"image_rmse": 0.001, "image_psnr_db": 60.0}
+    assert _reference_check(ok, {"images": None}, 0.005) == (RunStatus.OK, None)
+    status, error = _reference_check({"image_rmse": 0.05, "image_psnr_db": 26.0}, {"images": None}, 0.005)
+    assert status is RunStatus.FLAGGED and "0.0500" in error and "0.0050" in error and "26.0 dB" in error
+
+
+def test_speech_and_vision_language_are_checked_by_top1_agreement():
+    assert _reference_check({"top1_agreement": 1.0}, {"tokens": None}, 0.005)[0] is RunStatus.OK
+    status, error = _reference_check({"top1_agreement": 0.9}, {"tokens": None}, 0.005)
+    assert status is RunStatus.FLAGGED and "0.9000" in error and "0.9950" in error

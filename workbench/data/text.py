@@ -103,18 +103,32 @@ def embedding_sentences(data: DataSpec) -> list[str]:
     letters are skipped. DataError when there are fewer than asked for.
     """
     want = data.embed_sentences
+    out = paragraphs(evaluation_text(data), want, SENTENCE_CHARS)
+    if len(out) < want:
+        raise DataError(
+            f"data.embed_sentences: the evaluation part of {data.source!r} has {len(out)} paragraphs with text, "
+            f"fewer than embed_sentences = {want}: lower embed_sentences or use a longer text"
+        )
+    return out
+
+
+def calibration_paragraphs(data: DataSpec, n: int, max_chars: int) -> list[str]:
+    """Up to `n` cleaned paragraphs of the calibration part (prompts for pipelines), each at most `max_chars`."""
+    return paragraphs(calibration_text(data), n, max_chars)
+
+
+def paragraphs(text: str, n: int, max_chars: int) -> list[str]:
+    """The first `n` paragraphs of `text` with letters in them: heading underlines removed,
+    whitespace collapsed, cut at a word boundary to at most `max_chars`."""
     out: list[str] = []
-    for para in evaluation_text(data).split("\n\n"):
+    for para in text.split("\n\n"):
         s = " ".join(_RULE.sub(" ", para).split())
         if not re.search(r"[^\W\d_]", s):
             continue
-        out.append(_trim(s, SENTENCE_CHARS))
-        if len(out) == want:
-            return out
-    raise DataError(
-        f"data.embed_sentences: the evaluation part of {data.source!r} has {len(out)} paragraphs with text, "
-        f"fewer than embed_sentences = {want}: lower embed_sentences or use a longer text"
-    )
+        out.append(_trim(s, max_chars))
+        if len(out) == n:
+            break
+    return out
 
 
 # --- sources -------------------------------------------------------------------

@@ -23,7 +23,14 @@ from ..errors import DataError
 from ..spec import DataSpec, ModelSpec, data_key
 
 # The perplexity of the fp32 PyTorch model is kept too: exports are checked against it.
-KINDS = {"causal-lm": ("topk_idx", "topk_logp", "perplexity"), "encoder": ("embeddings",)}
+KINDS = {
+    "causal-lm": ("topk_idx", "topk_logp", "perplexity"),
+    "encoder": ("embeddings",),
+    # Pipelines (measure.pipelines): the reference images, or the greedy tokens and their top-k.
+    "text-to-image": ("images",),
+    "speech-to-text": ("tokens", "topk_idx", "topk_logp"),
+    "image-text-to-text": ("tokens", "topk_idx", "topk_logp"),
+}
 
 
 def reference_path(model: ModelSpec, data: DataSpec) -> Path:

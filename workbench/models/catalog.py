@@ -29,7 +29,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MANIFEST = "workbench-manifest.json"
 HUB_TIMEOUT_S = 3.0
 
-KINDS = ("causal-lm", "encoder")
+# Pipelines: several models working together (diffusion, speech-to-text, vision-language).
+# Only the OpenVINO methods handle them; they are measured by `measure.pipelines`.
+PIPELINE_KINDS = ("text-to-image", "speech-to-text", "image-text-to-text")
+KINDS = ("causal-lm", "encoder", *PIPELINE_KINDS)
+# A diffusers pipeline directory has this instead of config.json.
+MODEL_INDEX = "model_index.json"
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class CatalogEntry:
     description: str
     package: str | None
     hub_id: str | None
-    params_count: int
+    params_count: int | None  # None: known once built (pipelines)
 
 
 @dataclass
@@ -55,7 +60,7 @@ class ModelInfo:
     """What the kernel knows about a model before any worker loads it."""
 
     name: str  # catalog name, local path or hub id as given
-    kind: str  # "causal-lm" | "encoder"
+    kind: str  # one of KINDS
     source: str  # "embedded" | "tiny" | "local" | "hub"
     config: dict
     linear_layers: dict[str, tuple[int, int]]  # module name -> (out_features, in_features)
@@ -106,6 +111,34 @@ CATALOG: dict[str, CatalogEntry] = {
             package=None,
             hub_id=None,
             params_count=169_664,
+        ),
+        CatalogEntry(
+            name="tiny-sd",
+            kind="text-to-image",
+            source="tiny",
+            description="A random Stable Diffusion pipeline (U-Net 32/64 channels, VAE, 2-layer CLIP text encoder, "
+                        "32x32 images) for tests; built in seconds on first use (needs diffusers).",
+            package=None,
+            hub_id=None,
+            params_count=None,
+        ),
+        CatalogEntry(
+            name="tiny-whisper",
+            kind="speech-to-text",
+            source="tiny",
+            description="A random 2-layer Whisper (d_model 64, 80 mel bins) with its processor, for tests.",
+            package=None,
+            hub_id=None,
+            params_count=None,
+        ),
+        CatalogEntry(
+            name="tiny-vlm",
+            kind="image-text-to-text",
+            source="tiny",
+            description="A random LLaVA (2-layer CLIP vision tower, 2-layer Llama) with its processor, for tests.",
+            package=None,
+            hub_id=None,
+            params_count=None,
         ),
     )
 }
@@ -185,9 +218,19 @@ def embedded_package_dir(name: str) -> Path | None:
 
 
 def infer_kind(config: dict, where: str = "") -> str:
-    """The kind of model, "causal-lm" or "encoder", from `architectures` / `model_type`; ModelNotFound otherwise."""
+    """The kind of model (one of KINDS) from `architectures` / `model_type`, or from a diffusers
+    `model_index.json` (`_class_name` ...Pipeline); ModelNotFound otherwise."""
+    if str(config.get("_class_name", "")).endswith("Pipeline"):
+        if "unet" in config or "transformer" in config:
+            return "text-to-image"
+        raise ModelNotFound(f"model{where}: {config['_class_name']} is not a text-to-image diffusion pipeline")
     archs = [a for a in (config.get("architectures") or []) if isinstance(a, str)]
     model_type = str(config.get("model_type", ""))
+    if model_type in _SPEECH_TYPES or any(a.endswith("ForSpeechSeq2Seq") for a in archs):
+        return "speech-to-text"
+    if "vision_config" in config and any(a.endswith(("ForConditionalGeneration", "ForImageTextToText"))
+                                         for a in archs):
+        return "image-text-to-text"
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or model_type in _CAUSAL_TYPES:
         return "causal-lm"
     if config.get("is_encoder_decoder"):
@@ -289,19 +332,25 @@ _ENCODER_TYPES = {
     "albert", "camembert", "modernbert",
 }
 _ENCODER_SUFFIXES = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForPreTraining")
-_KIND_HINT = "the workbench handles causal LMs (…ForCausalLM) and encoders (BertModel-like)"
+_SPEECH_TYPES = {"whisper", "speech_to_text", "moonshine"}
+_KIND_HINT = ("the workbench handles causal LMs (…ForCausalLM), encoders (BertModel-like) and, with the OpenVINO "
+              "methods, diffusion, Whisper-style speech-to-text and vision-language pipelines")
 
 
 def _describe_catalog(e: CatalogEntry) -> ModelInfo:
     config = catalog_config(e.name)
+    path = _catalog_path(e)
+    params = e.params_count
+    if params is None and path is not None:
+        params = _params_count(Path(path), e.kind)
     return ModelInfo(
         name=e.name,
         kind=e.kind,
         source=e.source,
         config=config,
-        linear_layers=shapes.linear_layers(config),
-        params_count=e.params_count,
-        path=_catalog_path(e),
+        linear_layers=shapes.linear_layers(config) if e.kind not in PIPELINE_KINDS else {},
+        params_count=params,
+        path=path,
         description=e.description,
     )
 
@@ -314,12 +363,24 @@ def _catalog_path(e: CatalogEntry) -> str | None:
     return str(built) if (built / MANIFEST).is_file() else None
 
 
+def _params_count(directory: Path, kind: str) -> int | None:
+    """Stored parameters of a model directory; a diffusers pipeline keeps one model per subdirectory."""
+    if kind != "text-to-image":
+        return shapes.params_from_safetensors(directory)
+    counts = [shapes.params_from_safetensors(d) for d in sorted(directory.iterdir()) if d.is_dir()]
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None
+
+
 def _ready(e: CatalogEntry) -> bool:
     return _catalog_path(e) is not None
 
 
 def _read_config(directory: Path, where: str) -> dict:
+    """config.json, or a diffusers pipeline's model_index.json."""
     file = directory / "config.json"
+    if not file.is_file() and (directory / MODEL_INDEX).is_file():
+        file = directory / MODEL_INDEX
     if not file.is_file():
         raise ModelNotFound(f"model: {where} has no config.json (is it a Transformers model directory?)")
     try:
@@ -337,13 +398,14 @@ def _describe_local(ident: str, directory: Path) -> ModelInfo:
             f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)"
         )
     config = _read_config(directory, f"model directory {ident}")
+    kind = infer_kind(config, f" directory {ident}")
     return ModelInfo(
         name=ident,
-        kind=infer_kind(config, f" directory {ident}"),
+        kind=kind,
         source="local",
         config=config,
-        linear_layers=shapes.linear_layers(config, directory),
-        params_count=shapes.params_from_safetensors(directory),
+        linear_layers=shapes.linear_layers(config, directory) if kind not in PIPELINE_KINDS else {},
+        params_count=_params_count(directory, kind),
         path=str(directory.resolve()),
     )
 
@@ -351,7 +413,7 @@ def _describe_local(ident: str, directory: Path) -> ModelInfo:
 def _describe_hub(model: ModelSpec) -> ModelInfo:
     ident = model.id
     snap = cached_snapshot(ident, model.revision)
-    if snap is not None and (snap / "config.json").is_file():
+    if snap is not None and ((snap / "config.json").is_file() or (snap / MODEL_INDEX).is_file()):
         config = _read_config(snap, f"the cached hub model {ident}")
         has_weights = bool(shapes.safetensors_files(snap))
         return ModelInfo(
@@ -363,7 +425,15 @@ def _describe_hub(model: ModelSpec) -> ModelInfo:
             params_count=shapes.params_from_safetensors(snap) if has_weights else None,
             path=str(snap) if has_weights else None,
         )
-    raw = fetch_hub_file(ident, "config.json", model.revision)
+    try:
+        raw = fetch_hub_file(ident, "config.json", model.revision)
+    except ModelNotFound as missing:
+        if "has no config.json" not in str(missing):
+            raise
+        try:
+            raw = fetch_hub_file(ident, MODEL_INDEX, model.revision)  # a diffusers pipeline
+        except ModelNotFound:
+            raise missing from None
     try:
         config = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -17,6 +17,8 @@ from ..errors import InvalidSpec, ModelNotFound
 from ..spec import ModelSpec
 from .catalog import (
     CATALOG,
+    MODEL_INDEX,
+    PIPELINE_KINDS,
     fetch_hub_file,
     hub_cache_dir,
     hub_offline,
@@ -50,7 +52,7 @@ def resolve(model: ModelSpec, progress: Progress | None = None) -> Path:
             raise ModelNotFound(
                 f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)"
             )
-        if not (local / "config.json").is_file():
+        if not (local / "config.json").is_file() and not (local / MODEL_INDEX).is_file():
             raise ModelNotFound(f"model: model directory {ident} has no config.json")
         return local.resolve()
     if looks_like_path(ident):
@@ -63,7 +65,13 @@ def resolve(model: ModelSpec, progress: Progress | None = None) -> Path:
     )
 
 
-def _hub_patterns(model: ModelSpec) -> list[str]:
+# Diffusers repositories also hold whole-pipeline checkpoints and fp16 / EMA variants: not those.
+_PIPELINE_IGNORE = ["*.ckpt", "*fp16*", "*non_ema*", "*.ema.*", "*.onnx*", "*.msgpack", "*.h5", "*.pb"]
+
+
+def _hub_patterns(model: ModelSpec, pipeline: bool = False) -> list[str]:
+    if pipeline:  # a diffusers repository: one model per subfolder, no root-level whole checkpoints
+        return ["*.json", "*.txt", "*/*.safetensors", "*/*.model", "*/*.json", "*/*.txt"]
     patterns = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.safetensors"]
     if not model.use_safetensors:
         patterns.append("*.bin")
@@ -78,6 +86,15 @@ def _has_weights(directory: Path, model: ModelSpec) -> bool:
     return not model.use_safetensors and any(directory.glob("*.bin"))
 
 
+def _is_diffusers_repo(model: ModelSpec) -> bool:
+    from .catalog import describe
+
+    try:
+        return describe(model).kind == "text-to-image"
+    except ModelNotFound:
+        return False
+
+
 def _resolve_hub(model: ModelSpec) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -89,7 +106,8 @@ def _resolve_hub(model: ModelSpec) -> Path:
     kwargs = dict(
         repo_id=model.id,
         revision=model.revision,
-        allow_patterns=_hub_patterns(model),
+        allow_patterns=_hub_patterns(model, pipeline=_is_diffusers_repo(model)),
+        ignore_patterns=_PIPELINE_IGNORE,
         # huggingface_hub reads HF_HOME once at import; describe() reads it per call: agree with describe().
         cache_dir=str(hub_cache_dir()),
     )
@@ -97,12 +115,22 @@ def _resolve_hub(model: ModelSpec) -> Path:
         cached = Path(snapshot_download(local_files_only=True, **kwargs))
         if (cached / "config.json").is_file() and _has_weights(cached, model):
             return cached
+        if (cached / MODEL_INDEX).is_file() and any(cached.glob("*/*.safetensors")):
+            return cached
     except Exception:  # noqa: BLE001 - not cached (the hub client raises several types)
         pass
     if hub_offline():
         raise ModelNotFound(hub_unreachable_message(model.id))
     # A quick probe first: the hub client's own retries would take minutes offline.
-    fetch_hub_file(model.id, "config.json", model.revision)
+    try:
+        fetch_hub_file(model.id, "config.json", model.revision)
+    except ModelNotFound as missing:
+        if "has no config.json" not in str(missing):
+            raise
+        try:
+            fetch_hub_file(model.id, MODEL_INDEX, model.revision)
+        except ModelNotFound:
+            raise missing from None
     try:
         return Path(snapshot_download(**kwargs))
     except Exception as e:  # noqa: BLE001
@@ -134,6 +162,10 @@ def load_model(
     `quantization_config`) it is not moved to `device` afterwards.
     """
     directory = Path(path) if path is not None else resolve(model, progress)
+    if kind in PIPELINE_KINDS:
+        from ..measure.pipelines import load_torch_pipeline
+
+        return load_torch_pipeline(kind, directory)
     net = auto_class(kind).from_pretrained(
         directory,
         dtype=torch_dtype(dtype),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelNotFound
-from .catalog import CATALOG, CONFIG_DIR, catalog_config
+from .catalog import CATALOG, CONFIG_DIR, PIPELINE_KINDS, catalog_config
 from .embedded import Progress, build_once, fix_saved_config
 
 # Bump when the build recipe changes (tokenizer training, init): cached builds are redone.
@@ -48,8 +48,13 @@ def build_tiny(name: str, out: str | Path) -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     out = Path(out)
-    config_dict = catalog_config(name)
     kind = CATALOG[name].kind
+    if kind in PIPELINE_KINDS:
+        from .tiny_pipelines import build_pipeline
+
+        build_pipeline(name, out)
+        return
+    config_dict = catalog_config(name)
     tokenizer = _llama_tokenizer(config_dict) if kind == "causal-lm" else _bert_tokenizer(config_dict)
     config = AutoConfig.for_model(**config_dict)
     torch.manual_seed(SEED)
@@ -61,9 +66,9 @@ def build_tiny(name: str, out: str | Path) -> None:
 
 
 def _training_text() -> list[str]:
-    import pydoc_data.topics
+    from .tiny_pipelines import training_text
 
-    return [p for p in "\n\n".join(pydoc_data.topics.topics.values()).split("\n\n") if p.strip()]
+    return training_text()
 
 
 def _llama_tokenizer(config: dict):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...envs import manager
+from ...models.catalog import PIPELINE_KINDS
 from ...errors import DataError
 from ...params import Param
 from ..base import Built, Method
@@ -72,9 +73,13 @@ class OpenVINOMethod(Method):
 
         ctx.progress("compile", None, "compiling for the OpenVINO CPU plugin")
         compile_s = runtime.compile_timed(model)
-        stats = runtime.weight_stats(model.model, runtime.weighted_matmuls(runtime.read_ir(exported.path)))
+        if ctx.model_info.kind in PIPELINE_KINDS:
+            stats, lines = runtime.pipeline_stats(model)
+        else:
+            stats = runtime.weight_stats(model.model, runtime.weighted_matmuls(runtime.read_ir(exported.path)))
+            lines = [stats.describe()]
         actual = runtime.runtime_precision(model)
-        notes = list(exported.notes) + notes + [stats.describe()]
+        notes = list(exported.notes) + notes + lines
         if actual and actual != precision:
             notes.append(f"inference_precision={precision} was asked for; the CPU plugin runs {actual}")
         metrics: dict[str, float] = {"compile_s": compile_s, "quantize_s": quantize_s, "load_s": load_s}
@@ -83,8 +88,8 @@ class OpenVINOMethod(Method):
         ir_dir = exported.path
         return Built(
             model=model,
-            layers_quantized=stats.matmuls_quantized,
-            layers_eligible=stats.matmuls,
+            layers_quantized=stats.layers_quantized,
+            layers_eligible=stats.layers,
             kernel=f"OpenVINO {what} IR, CPU plugin, inference precision {actual or precision}",
             weights_bytes=stats.constant_bytes,
             save=lambda path: runtime.save_ir(model, Path(path), ir_dir),

@@ -4,7 +4,9 @@ It separates what the runtime gains from what quantization gains, and it checks
 the export itself: a converted model can go silently wrong (an ONNX export once
 dropped `rope_theta`, BACKENDS.md), so the run's perplexity must match the fp32
 PyTorch baseline within 0.5% (f32 inference; 2% under a bf16/f16 hint), and the
-run is flagged otherwise. Encoders: mean embedding cosine at least 0.995.
+run is flagged otherwise. Encoders: mean embedding cosine at least 0.995. Pipelines:
+RMS pixel difference at most 0.005 (text-to-image), top-1 agreement of the teacher-forced
+tokens at least 99.5% (speech-to-text, vision-language).
 
 optimum-intel compresses models over one billion parameters to int8 when they
 are exported without a quantization config; this method always exports with
@@ -15,8 +17,19 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+from ...models.catalog import PIPELINE_KINDS
 from ...params import Schema
 from .common import OpenVINOMethod, export_tolerance, precision_param
+
+
+# What the export check compares, per model kind (worker._reference_check).
+_CHECKED = {
+    "causal-lm": "perplexity within {tol:.1%}",
+    "encoder": "mean embedding cosine >= {floor:.3f}",
+    "text-to-image": "RMS pixel difference <= {tol:.3f} from the images",
+    "speech-to-text": "top-1 agreement >= {floor:.1%} with the teacher-forced tokens",
+    "image-text-to-text": "top-1 agreement >= {floor:.1%} with the teacher-forced tokens",
+}
 
 
 class OVExport(OpenVINOMethod):
@@ -25,9 +38,11 @@ class OVExport(OpenVINOMethod):
     name = "ov-export"
     description = (
         "OpenVINO runtime without quantization (fp32 IR; f32, bf16 or f16 inference hint): the runtime's own gain, "
-        "and a check that the export matches PyTorch (perplexity within 0.5%, else flagged)."
+        "and a check that the export matches PyTorch (perplexity within 0.5%; pipelines: images or tokens), "
+        "else flagged."
     )
     quantizes = False
+    model_kinds = ("causal-lm", "encoder", *PIPELINE_KINDS)
     schema = Schema((precision_param(),))
 
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
@@ -42,8 +57,8 @@ class OVExport(OpenVINOMethod):
         notes = [
             "exported with load_in_8bit=False: optimum-intel would otherwise compress models over 1B parameters "
             "to int8 on export",
-            f"export check: perplexity within {tol:.1%} of the fp32 PyTorch model (encoders: mean cosine >= "
-            f"{1 - tol:.3f}), else the run is flagged",
+            f"export check: {_CHECKED[ctx.model_info.kind].format(tol=tol, floor=1 - tol)} of the fp32 PyTorch "
+            "model, else the run is flagged",
         ]
         return self.finish(ctx, model, precision, exported, quantize_s=0.0, load_s=load_s, notes=notes,
                            what="fp32", reference_tolerance=tol)

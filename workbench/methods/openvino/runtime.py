@@ -47,7 +47,10 @@ def ov_model_class(kind: str) -> Any:
     """The optimum-intel class for a workbench model kind."""
     import optimum.intel as oi
 
-    classes = {"causal-lm": oi.OVModelForCausalLM, "encoder": oi.OVModelForFeatureExtraction}
+    classes = {"causal-lm": oi.OVModelForCausalLM, "encoder": oi.OVModelForFeatureExtraction,
+               "speech-to-text": oi.OVModelForSpeechSeq2Seq, "image-text-to-text": oi.OVModelForVisualCausalLM}
+    if kind == "text-to-image":
+        return oi.OVDiffusionPipeline  # needs diffusers, imported lazily by optimum-intel
     if kind not in classes:
         raise ValueError(f"model kind {kind!r}: OpenVINO methods take {', '.join(classes)}")
     return classes[kind]
@@ -56,7 +59,12 @@ def ov_model_class(kind: str) -> Any:
 def ov_config(precision: str) -> dict[str, str]:
     if precision not in PRECISIONS:
         raise ValueError(f"inference_precision: got {precision!r}; allowed: {', '.join(PRECISIONS)}")
-    return {"INFERENCE_PRECISION_HINT": precision}
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    if precision == "f32":
+        # On CPUs with bf16 support the plugin keeps the KV cache in u8 by default, even under an f32
+        # hint: generation then drifts from the fp32 model (Whisper's tokens diverge by the second).
+        config["KV_CACHE_PRECISION"] = "f32"
+    return config
 
 
 def library_versions() -> dict[str, str]:
@@ -123,13 +131,23 @@ def export(kind: str, source: Path, target: Path) -> None:
     tmp.rename(target)
 
 
+# Besides tokenizer*: the files a processor (speech, vision-language) is loaded from.
+_PROCESSOR_FILES = ("special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json", "preprocessor_config.json",
+                    "processor_config.json", "chat_template.jinja", "chat_template.json", "added_tokens.json",
+                    "normalizer.json", "generation_config.json")
+
+
 def _copy_tokenizer(source: Path, target: Path) -> None:
-    """Tokenizer files next to the IR: NNCF's data-aware paths and reloads read them from there."""
+    """Tokenizer and processor files next to the IR: NNCF's data-aware paths and reloads read them from there."""
     for f in source.iterdir():
-        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "vocab.txt",
-                                                                        "merges.txt", "vocab.json")):
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in _PROCESSOR_FILES):
             if not (target / f.name).exists():
                 shutil.copy2(f, target / f.name)
+
+
+def copy_processor(source: Path, target: Path) -> None:
+    """Tokenizer and processor files of `source` into `target` (optimum-intel saves only the IR and config)."""
+    _copy_tokenizer(Path(source), Path(target))
 
 
 def load_ir(kind: str, path: Path, precision: str, **kwargs: Any) -> Any:
@@ -146,8 +164,14 @@ def compile_timed(model: Any) -> float:
 
 
 def runtime_precision(model: Any) -> str | None:
-    """The inference precision the compiled model actually runs in (the hint may be ignored)."""
+    """The inference precision the compiled model actually runs in (the hint may be ignored);
+    for a pipeline, that of its first compiled submodel."""
     request = getattr(model, "request", None)
+    if request is None:
+        for component in (getattr(model, "components", None) or {}).values():
+            request = getattr(component, "request", None)
+            if request is not None:
+                break
     if request is None:
         return None
     compiled = request.get_compiled_model() if hasattr(request, "get_compiled_model") else request
@@ -170,10 +194,29 @@ class WeightStats:
     weight_types: Counter = field(default_factory=Counter)  # element type of each weight -> count
     fake_quantize: int = 0
     added_matmuls: int = 0  # weighted MatMuls the exported model did not have (LoRA correction adapters)
+    convolutions: int = 0  # weighted Convolutions (U-Nets, VAEs, audio front ends)
+    convolutions_quantized: int = 0
+
+    @property
+    def layers(self) -> int:
+        """Weighted layers: MatMuls and Convolutions (embedding tables are reported apart)."""
+        return self.matmuls + self.convolutions
+
+    @property
+    def layers_quantized(self) -> int:
+        return self.matmuls_quantized + self.convolutions_quantized
+
+    def add(self, other: "WeightStats") -> None:
+        for f in ("matmuls", "matmuls_quantized", "embeddings", "embeddings_quantized", "constant_bytes",
+                  "fake_quantize", "added_matmuls", "convolutions", "convolutions_quantized"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.weight_types.update(other.weight_types)
 
     def describe(self) -> str:
         types = ", ".join(f"{n} {t}" for t, n in sorted(self.weight_types.items(), key=lambda x: -x[1]))
-        text = (f"{self.matmuls_quantized}/{self.matmuls} MatMul weights and {self.embeddings_quantized}/"
+        convs = (f", {self.convolutions_quantized}/{self.convolutions} Convolution weights"
+                 if self.convolutions else "")
+        text = (f"{self.matmuls_quantized}/{self.matmuls} MatMul weights{convs} and {self.embeddings_quantized}/"
                 f"{self.embeddings} embedding tables in low precision (weights by element type: {types})")
         if self.fake_quantize:
             text += f"; {self.fake_quantize} FakeQuantize ops (activations and weights quantized)"
@@ -226,6 +269,12 @@ def weight_stats(ov_model: Any, layers: set[str] | None = None) -> WeightStats:
                 stats.matmuls += 1
                 stats.matmuls_quantized += traced[1]
                 stats.weight_types[traced[0]] += 1
+        elif t in _CONVOLUTIONS:
+            traced = _trace_weight(op.input_value(1).get_node())
+            if traced is not None:
+                stats.convolutions += 1
+                stats.convolutions_quantized += traced[1]
+                stats.weight_types[traced[0]] += 1
         elif t == "Gather":
             traced = _trace_weight(op.input_value(0).get_node())
             if traced is not None:
@@ -233,6 +282,28 @@ def weight_stats(ov_model: Any, layers: set[str] | None = None) -> WeightStats:
                 stats.embeddings_quantized += traced[1]
                 stats.weight_types[traced[0]] += 1
     return stats
+
+
+_CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData"}
+
+
+def submodels(model: Any) -> dict[str, Any]:
+    """name -> `openvino.Model` of every model in an optimum-intel model or pipeline."""
+    found = getattr(model, "ov_models", None)
+    if isinstance(found, dict) and found:
+        return {k: v for k, v in found.items() if v is not None}
+    return {"model": model.model}
+
+
+def pipeline_stats(model: Any) -> tuple[WeightStats, list[str]]:
+    """Counts summed over a pipeline's submodels, and one line per submodel."""
+    total = WeightStats()
+    lines = []
+    for name, ov_model in submodels(model).items():
+        stats = weight_stats(ov_model)
+        total.add(stats)
+        lines.append(f"{name}: {stats.describe()}")
+    return total, lines
 
 
 def _trace_weight(node: Any, depth: int = 0) -> tuple[str, bool] | None:
