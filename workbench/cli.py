@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
 from .result import RunResult, RunStatus
-from .spec import BenchSpec, DataSpec
+from .spec import BenchSpec, DataSpec, ModelSpec
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
 
@@ -38,6 +38,8 @@ DEFAULT_COMPARISON = (
     "ov-weight:bits=8",
     "ov-weight:bits=4,group_size=64",
 )
+# For pipelines (diffusion, speech-to-text, vision-language) only the OpenVINO methods apply.
+PIPELINE_COMPARISON = ("ov-export", "ov-hybrid", "ov-hybrid:bits=4,group_size=32")
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -132,8 +134,8 @@ def _print_result(result: RunResult, as_json: bool) -> None:
         cached = " (cached)" if result.cached else ""
         print(f"{result.status.value}{cached}: {result.model} {result.method} {json.dumps(result.params)}")
         for name in ("weights_bytes", "disk_bytes", "peak_rss_bytes", "perplexity", "kl_div", "top1_agreement",
-                     "next_token_accuracy",
-                     "embedding_cosine", "forward_ms", "prefill_tok_s", "decode_tok_s", "generate_tok_s"):
+                     "next_token_accuracy", "generated_token_agreement", "image_psnr_db", "image_rmse",
+                     "embedding_cosine", "forward_ms", "prefill_tok_s", "decode_tok_s", "generate_tok_s", "image_s"):
             if m.get(name) is not None:
                 print(f"  {name:>16}: {_fmt(name, m[name])}")
         print(f"  {'layers':>16}: {result.layers_quantized}/{result.layers_eligible} quantized; kernel: {result.kernel}")
@@ -169,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report import write_report
 
     session = _session(args)
-    methods = args.methods or list(DEFAULT_COMPARISON)
+    methods = args.methods or list(_default_comparison(args.model))
     opts = _spec_options(args)
     specs = []
     for text in methods:
@@ -201,6 +203,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     write_report(session.results(), out)
     print(f"report: {out}  store: {session.store.path}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _default_comparison(model: str) -> tuple[str, ...]:
+    from .models import catalog
+
+    entry = catalog.CATALOG.get(model)
+    kind = entry.kind if entry is not None else None
+    if kind is None:
+        try:
+            kind = catalog.describe(ModelSpec(model)).kind
+        except WorkbenchError:
+            return DEFAULT_COMPARISON  # validation reports the problem with the model
+    return PIPELINE_COMPARISON if kind in catalog.PIPELINE_KINDS else DEFAULT_COMPARISON
 
 
 def _print_table(results: list[RunResult]) -> None:
@@ -288,7 +303,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
     for r in rows:
-        print(f"{r['name']:<14} {r['kind']:<10} {r['source']:<9} {r.get('params_count') or '?':>11}  {r['description']}")
+        print(f"{r['name']:<14} {r['kind']:<18} {r['source']:<9} {r.get('params_count') or '?':>11}  {r['description']}")
     print("Any local model directory or hub id (org/name) works too: --model /path/to/model")
     return EXIT_OK
 
@@ -337,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="the default comparison (or --methods), a table and a report")
     spec_args(c, DEFAULT_MODEL)
-    c.add_argument("--methods", nargs="+", metavar="NAME[:K=V,...]", help=f"default: {' '.join(DEFAULT_COMPARISON)}")
+    c.add_argument("--methods", nargs="+", metavar="NAME[:K=V,...]", help=f"default: {' '.join(DEFAULT_COMPARISON)}; for pipelines: {' '.join(PIPELINE_COMPARISON)}")
     c.add_argument("--report", default="results/report.html")
     c.set_defaults(func=cmd_compare)
 

@@ -36,6 +36,9 @@ ACCURACY_MINIMIZE: dict[str, bool] = {
     "top1_agreement": False,
     "embedding_cosine": False,
     "embedding_cosine_min": False,
+    "image_psnr_db": False,
+    "image_rmse": True,
+    "generated_token_agreement": False,
 }
 
 AXIS_TITLES: dict[str, str] = {
@@ -49,6 +52,9 @@ AXIS_TITLES: dict[str, str] = {
     "top1_agreement": "top-1 agreement vs baseline (higher is better)",
     "embedding_cosine": "embedding cosine vs baseline (higher is better)",
     "embedding_cosine_min": "worst embedding cosine vs baseline (higher is better)",
+    "image_psnr_db": "image PSNR vs fp32 pipeline, dB (higher is better)",
+    "image_rmse": "RMS pixel difference vs fp32 pipeline (lower is better)",
+    "generated_token_agreement": "generated tokens equal to the fp32 model's (higher is better)",
 }
 
 
@@ -173,11 +179,12 @@ def pick_accuracy(df: pd.DataFrame) -> tuple[str | None, bool]:
     """The accuracy column to plot and whether smaller is better.
 
     Perplexity for causal LMs (any successful row has one), else the embedding
-    cosine for encoders (higher is better), else KL or top-1; (None, True) when
-    no successful row has any accuracy metric.
+    cosine for encoders (higher is better), else image PSNR for diffusion pipelines,
+    else KL or top-1 (speech-to-text, vision-language); (None, True) when no
+    successful row has any accuracy metric.
     """
     ok = _succeeded(df)
-    for col in ("perplexity", "embedding_cosine", "kl_div", "top1_agreement"):
+    for col in ("perplexity", "embedding_cosine", "image_psnr_db", "kl_div", "top1_agreement"):
         if _numeric(ok, col).notna().any():
             return col, ACCURACY_MINIMIZE[col]
     return None, True
@@ -372,7 +379,7 @@ def generation_table(results: Iterable[RunResult]) -> pd.DataFrame:
 
 
 SUMMARY_COLUMNS = ("label", "model", "status", "weights (MB)", "disk (MB)", "peak RSS (MB)", "perplexity", "KL",
-                   "top-1 (%)", "cosine", "decode tok/s", "layers", "kernel")
+                   "top-1 (%)", "cosine", "PSNR (dB)", "decode tok/s", "image s", "layers", "kernel")
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -398,7 +405,9 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "KL": num("kl_div", 1, 5),
         "top-1 (%)": (_numeric(df, "top1_agreement") * 100).round(2),
         "cosine": num("embedding_cosine", 1, 5),
+        "PSNR (dB)": num("image_psnr_db", 1, 2),
         "decode tok/s": num("decode_tok_s", 1, 1),
+        "image s": num("image_s", 1, 3),
         "layers": [layers_text(q, e) for q, e in zip(df.get("layers_quantized", [None] * len(df)),
                                                  df.get("layers_eligible", [None] * len(df)))],
         "kernel": [_str(k) for k in df.get("kernel", [None] * len(df))],

@@ -84,3 +84,15 @@ def test_vision_language_export_weight_only_and_static_int8(session):
     static = run(session, "tiny-vlm", {"dataset": "synthetic", "num_samples": 4})
     assert "FakeQuantize" in notes(static)
     assert 0 < w4.metrics["kl_div"] and 0 < static.metrics["kl_div"]
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-whisper", "tiny-vlm"])
+def test_catalog_parameter_counts_match_the_built_pipelines(name):
+    from pathlib import Path
+
+    from workbench.models import catalog
+    from workbench.spec import ModelSpec
+
+    info = catalog.describe(ModelSpec(name))  # built by the runs above
+    assert info.path is not None
+    assert catalog._params_count(Path(info.path), info.kind) == catalog.CATALOG[name].params_count

@@ -300,3 +300,32 @@ def test_build_reports_progress(tmp_path, monkeypatch):
     seen.clear()
     loader.resolve(ModelSpec("tiny-bert"), progress=lambda f, m="": seen.append((f, m)))
     assert seen == []  # built already: nothing to report
+
+
+# --- pipelines -------------------------------------------------------------------
+def _diffusers_dir(root):
+    root.mkdir(parents=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                       "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (root / "unet").mkdir()
+    (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    return root
+
+
+def test_a_local_diffusers_directory_resolves_without_config_json(tmp_path):
+    d = _diffusers_dir(tmp_path / "sd")
+    assert loader.resolve(ModelSpec(str(d))) == d.resolve()
+
+
+def test_a_cached_diffusers_snapshot_is_used_offline_and_downloads_skip_whole_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    repo = tmp_path / "hf" / "hub" / "models--some-org--sd"
+    snap = _diffusers_dir(repo / "snapshots" / ("c" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    assert loader.resolve(ModelSpec("some-org/sd")) == snap
+    patterns = loader._hub_patterns(ModelSpec("some-org/sd"), pipeline=True)
+    assert "*/*.safetensors" in patterns and "*.safetensors" not in patterns  # no root-level 4 GB checkpoint
+    assert "*fp16*" in loader._PIPELINE_IGNORE

@@ -92,3 +92,11 @@ def test_code_shows_hybrid_quantization():
     code = OVHybrid().code("org/sd", {"dataset": "pydoc-topics", "num_samples": 50})
     assert "quant_method='hybrid'" in code and "num_samples=50" in code and "OVQuantizer" in code
     assert "OVWeightQuantizationConfig(bits=8" in OVHybrid().code("org/sd", {})
+
+
+def test_compare_defaults_to_the_pipeline_methods_for_pipelines():
+    from workbench import cli
+
+    assert cli._default_comparison("tiny-whisper") == cli.PIPELINE_COMPARISON
+    assert all(m.split(":")[0] in ("ov-export", "ov-hybrid") for m in cli.PIPELINE_COMPARISON)
+    assert cli._default_comparison("smollm2-135m") == cli.DEFAULT_COMPARISON

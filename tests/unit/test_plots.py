@@ -291,3 +291,18 @@ def test_missing_kernel_reads_blank_not_nan():
     df = plots.results_frame([a, b])
     assert [c[2] for c in plots.accuracy_vs_memory(df).data[0].customdata] == ["", "reference-dequant"]
     assert plots.summary_table(df)["kernel"].tolist() == ["", "reference-dequant"]
+
+
+def test_diffusion_runs_are_plotted_by_image_psnr_maximized():
+    from workbench.result import RunResult
+
+    rows = []
+    for i, (method, psnr, size) in enumerate([("ov-export", 100.0, 6.7e6), ("ov-hybrid", 44.8, 1.8e6)]):
+        spec = {"model": {"id": "tiny-sd"}, "method": method, "params": {}}
+        rows.append(RunResult(key=str(i), status="ok", spec=spec,
+                              metrics={"image_psnr_db": psnr, "weights_bytes": size}).to_row())
+    df = pd.DataFrame(rows)
+    assert plots.pick_accuracy(df) == ("image_psnr_db", False)
+    fig = plots.accuracy_vs_memory(df, accuracy=None)
+    assert "PSNR" in fig.layout.yaxis.title.text
+    assert plots.summary_table(df)["PSNR (dB)"].tolist() == [100.0, 44.8]

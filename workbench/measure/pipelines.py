@@ -63,24 +63,30 @@ def image_size(pipe: Any) -> int:
     return int(min(int(sample) * int(pipe.vae_scale_factor), MAX_SIDE))
 
 
-def _latents(pipe: Any, n: int, side: int, seed: int) -> torch.Tensor:
-    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    config = model.config
+def _start(pipe: Any, n: int, side: int, seed: int) -> list[dict[str, Any]]:
+    """How each image starts, the same for every method: explicit seeded latents for U-Net pipelines
+    (4-D latents: the OpenVINO and PyTorch pipelines then denoise the very same noise), a seeded
+    torch generator for transformer pipelines whose latents are packed differently (SD3, Flux)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return [{"generator": torch.Generator().manual_seed(seed + i)} for i in range(n)]
+    config = unet.config
     channels = config.get("in_channels", 4) if isinstance(config, dict) else config.in_channels
     g = torch.Generator().manual_seed(seed)
     f = int(pipe.vae_scale_factor)
-    return torch.randn((n, int(channels), side // f, side // f), generator=g, dtype=torch.float32)
+    latents = torch.randn((n, int(channels), side // f, side // f), generator=g, dtype=torch.float32)
+    return [{"latents": latents[i : i + 1].clone()} for i in range(n)]
 
 
 def generate_images(pipe: Any, prompts: list[str], seed: int, steps: int = STEPS,
                     progress: Callable[[float], None] | None = None) -> torch.Tensor:
-    """Images [n, H, W, 3] in [0, 1], one prompt at a time from seeded latents (the same for every method)."""
+    """Images [n, H, W, 3] in [0, 1], one prompt at a time from the same start for every method."""
     side = image_size(pipe)
-    latents = _latents(pipe, len(prompts), side, seed)
+    starts = _start(pipe, len(prompts), side, seed)
     out = []
     for i, prompt in enumerate(prompts):
-        images = pipe(prompt, num_inference_steps=steps, latents=latents[i : i + 1].clone(), height=side,
-                      width=side, output_type="np").images
+        images = pipe(prompt, num_inference_steps=steps, height=side, width=side, output_type="np",
+                      **starts[i]).images
         out.append(torch.as_tensor(images[0], dtype=torch.float32))
         if progress is not None:
             progress((i + 1) / len(prompts))
@@ -101,11 +107,11 @@ def image_latency(pipe: Any, prompt: str, seed: int, warmup: int, repeats: int,
                   steps: int = STEPS) -> tuple[dict, list[dict]]:
     """Seconds per image (batch 1, STEPS steps), median over `repeats` after `warmup`."""
     side = image_size(pipe)
-    latents = _latents(pipe, 1, side, seed)
     times = []
     for i in range(warmup + repeats):
+        start = _start(pipe, 1, side, seed)[0]
         t0 = time.perf_counter()
-        pipe(prompt, num_inference_steps=steps, latents=latents.clone(), height=side, width=side, output_type="np")
+        pipe(prompt, num_inference_steps=steps, height=side, width=side, output_type="np", **start)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
@@ -147,18 +153,31 @@ def vlm_prompt(processor: Any, question: str) -> str:
 
 
 def _decoder_prefix(model: Any) -> list[int]:
-    """The tokens a Whisper-style decoder starts from: <|startoftranscript|> (+ <|notimestamps|>)."""
+    """The tokens a Whisper-style decoder starts from: <|startoftranscript|>, then for multilingual
+    models <|en|> <|transcribe|> (generation is asked for English transcription), then
+    <|notimestamps|>."""
     gc = model.generation_config
     prefix = [int(gc.decoder_start_token_id)]
+    lang_to_id = getattr(gc, "lang_to_id", None) or {}
+    task_to_id = getattr(gc, "task_to_id", None) or {}
+    if lang_to_id and "<|en|>" in lang_to_id and "transcribe" in task_to_id:
+        prefix += [int(lang_to_id["<|en|>"]), int(task_to_id["transcribe"])]
     if getattr(gc, "no_timestamps_token_id", None) is not None and not getattr(gc, "return_timestamps", False):
         prefix.append(int(gc.no_timestamps_token_id))
     return prefix
 
 
+def _generate_kwargs(kind: str, model: Any) -> dict[str, Any]:
+    gc = getattr(model, "generation_config", None)
+    if kind == "speech-to-text" and getattr(gc, "lang_to_id", None):
+        return {"language": "en", "task": "transcribe"}
+    return {}
+
+
 def greedy_tokens(kind: str, model: Any, inputs: dict, n: int) -> torch.Tensor:
     """The new tokens of greedy generation (at most `n`)."""
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, **_generate_kwargs(kind, model))
     seq = torch.as_tensor(out[0] if not hasattr(out, "sequences") else out.sequences[0])
     if kind == "image-text-to-text":
         return seq[inputs["input_ids"].shape[1]:]
@@ -179,7 +198,9 @@ def teacher_forced_logp(kind: str, model: Any, inputs: dict, tokens: torch.Tenso
         else:
             prompt = inputs["input_ids"][0]
             ids = torch.cat([prompt, tokens.long()])[None]
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs["pixel_values"])
+            # pixel_values and whatever else the processor made (image_grid_thw, image_sizes ...)
+            extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
             logits = torch.as_tensor(out.logits)[0, len(prompt) - 1 : -1]
     return torch.log_softmax(logits.float(), dim=-1)
 
@@ -234,7 +255,8 @@ def seq_latency(kind: str, model: Any, inputs: dict, warmup: int, repeats: int) 
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
             with torch.inference_mode():
-                model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               **_generate_kwargs(kind, model))
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)

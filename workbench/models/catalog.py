@@ -52,7 +52,7 @@ class CatalogEntry:
     description: str
     package: str | None
     hub_id: str | None
-    params_count: int | None  # None: known once built (pipelines)
+    params_count: int | None
 
 
 @dataclass
@@ -120,7 +120,7 @@ CATALOG: dict[str, CatalogEntry] = {
                         "32x32 images) for tests; built in seconds on first use (needs diffusers).",
             package=None,
             hub_id=None,
-            params_count=None,
+            params_count=1_691_925,
         ),
         CatalogEntry(
             name="tiny-whisper",
@@ -129,7 +129,7 @@ CATALOG: dict[str, CatalogEntry] = {
             description="A random 2-layer Whisper (d_model 64, 80 mel bins) with its processor, for tests.",
             package=None,
             hub_id=None,
-            params_count=None,
+            params_count=327_936,
         ),
         CatalogEntry(
             name="tiny-vlm",
@@ -138,7 +138,7 @@ CATALOG: dict[str, CatalogEntry] = {
             description="A random LLaVA (2-layer CLIP vision tower, 2-layer Llama) with its processor, for tests.",
             package=None,
             hub_id=None,
-            params_count=None,
+            params_count=182_464,
         ),
     )
 }
