@@ -85,6 +85,7 @@ class Session:
         self.store = store if isinstance(store, ResultStore) else ResultStore(store_path(store))
         self.executor = get_executor(executor) if isinstance(executor, str) else executor
         self.progress = progress
+        self._hub_models: dict[ModelSpec, Any] = {}
 
     # --- building and validating specs ---------------------------------------
     @staticmethod
@@ -121,7 +122,7 @@ class Session:
         device = spec.device.split(":", 1)[0]
         if device not in cls.devices:
             errors.append(ParamError("device", f"method {cls.name!r} runs on {', '.join(cls.devices)}, not {device}"))
-        info = catalog.describe(spec.model)  # ModelNotFound if it is not there
+        info = self.describe(spec.model)  # ModelNotFound if it is not there
         if info.kind not in cls.model_kinds:
             errors.append(ParamError("model", f"{spec.model.id} is a {info.kind} model; method {cls.name!r} "
                                               f"supports {', '.join(cls.model_kinds)}"))
@@ -139,6 +140,18 @@ class Session:
         if reason:
             raise MethodUnavailable(f"method {cls.name!r} is unavailable: {reason}")
         return spec.replace(params=params)
+
+    def describe(self, model: ModelSpec) -> Any:
+        """`catalog.describe`, remembering hub models: a form validated on every keystroke must not
+        ask the hub (up to seconds) each time. Local and catalog models are read afresh (cheap)."""
+        from .models import catalog
+
+        if model in self._hub_models:
+            return self._hub_models[model]
+        info = catalog.describe(model)
+        if info.source == "hub":
+            self._hub_models[model] = info
+        return info
 
     def problems(self, spec: RunSpec) -> list[str]:
         """Every reason the spec cannot run, as text (for the UI); empty when it can."""
@@ -212,18 +225,26 @@ def _progress_bar(spec: RunSpec) -> tuple[Any, Progress]:
 
     bar = tqdm(total=100, desc=f"{spec.model.id} {label(spec.method, spec.params)}"[:60], unit="%", leave=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
-    stages = ["load", "reference", "build", "quantize", "save", "perplexity", "embeddings", "latency", "done"]
 
     def update(stage: str, fraction: float | None, message: str) -> None:
-        i = stages.index(stage) if stage in stages else None
-        if i is not None:
-            within = fraction if fraction is not None else 0.0
-            target = int(100 * (i + within) / (len(stages) - 1))
-            if target > bar.n:
-                bar.update(min(100, target) - bar.n)
+        target = progress_percent(stage, fraction)
+        if target is not None and target > bar.n:
+            bar.update(target - bar.n)
         bar.set_postfix_str(f"{stage} {message}"[:50])
 
     return bar, update
+
+
+# The worker's stages in the order they happen, for a percentage (other stages only change the message).
+STAGES = ("load", "reference", "build", "quantize", "save", "perplexity", "embeddings", "latency", "done")
+
+
+def progress_percent(stage: str, fraction: float | None) -> int | None:
+    """How far a run is, 0-100, from a worker progress report (None for stages not in STAGES)."""
+    if stage not in STAGES:
+        return None
+    i = STAGES.index(stage)
+    return min(100, int(100 * (i + (fraction or 0.0)) / (len(STAGES) - 1)))
 
 
 def default_store() -> Path:

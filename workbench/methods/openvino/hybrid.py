@@ -57,7 +57,8 @@ def _schema() -> Schema:
             Param("group_size_fallback", "choice", "adjust", choices=tuple(probe_values()["group_size_fallback"]),
                   visible_when=four,
                   help="When group_size does not divide a layer (pipelines mix many widths): adjust (a smaller "
-                       "group size for it), ignore (leave it uncompressed) or error."),
+                       "group size for it), ignore (leave it uncompressed) or error (NNCF fails the run: pipeline "
+                       "layer shapes are not read before the export)."),
             Param("dataset", "str", None, nullable=True,
                   help="none: weight-only everywhere. Set: activations quantized too (diffusion: hybrid U-Net; "
                        "speech and vision-language: static int8). Prompts for text-to-image (pydoc-topics, "
@@ -114,7 +115,10 @@ class OVHybrid(OpenVINOMethod):
             ctx.progress("quantize", None, f"NNCF weight compression of every model of the {kind} pipeline")
             model = runtime.load_ir(kind, exported.path, precision, quantization_config=self._weights(p))
             what = f"weight-only int{p['bits']}"
-            notes = [f"weight-only int{p['bits']} ({'sym' if p['sym'] else 'asym'}) on every model of the pipeline"]
+            scheme = f"int{p['bits']} ({'sym' if p['sym'] else 'asym'})"
+            notes = [f"weight-only {scheme} on every model of the pipeline" if kind != "image-text-to-text" else
+                     f"weight-only: language model {scheme}, vision and text-embedding models int8 sym "
+                     "(optimum-intel's rule for vision-language pipelines)"]
         elif kind == "text-to-image":
             model, notes = self._hybrid_diffusion(ctx, p, exported.path, precision)
             what = "hybrid int8"

@@ -1,0 +1,138 @@
+"""The workbench app: pick a model and a method, set its parameters, run, compare.
+
+    from workbench.ui import App
+    App().widget            # in a notebook (Voila serves the same)
+
+Every handler is a plain method that tests call from Python: `select(model=..., method=...)`,
+`set_params({...})`, `run()`. A bad value shows a message under its field and disables Run with
+the reason; nothing a control does raises into the notebook (`_guarded`).
+
+Kernel-side: ipywidgets, pandas, plotly; no torch. Runs go through `Session.submit` in the
+queue's thread, one worker process each.
+"""
+from __future__ import annotations
+
+import html
+import traceback
+from typing import Any, Callable, Mapping
+
+import ipywidgets as W
+
+from .. import registry
+from ..result import RunResult
+from ..session import Session
+from ..spec import BenchSpec
+from .check import Verdict, check
+from .form import ParamForm
+from .pickers import CUSTOM, MethodPicker, ModelPicker
+from .queue import QueueItem, RunQueue
+from .views import PlotsView, ResultsView
+
+
+class App:
+    """The whole workbench as one widget tree (`App().widget`)."""
+
+    def __init__(self, session: Session | None = None, bench: BenchSpec | None = None,
+                 start_method: str | None = None):
+        self.session = session or Session(progress=False)
+        self.bench = bench or BenchSpec()
+        self.errors = W.HTML()  # a handler that failed says so here instead of raising
+        self.models = ModelPicker(on_change=self._guarded(self.revalidate), session=self.session)
+        self.methods = MethodPicker(on_change=self._guarded(self._method_changed))
+        if start_method is not None:
+            self.methods.dropdown.value = start_method
+        self.form_box = W.VBox()
+        self.form: ParamForm | None = None
+        self.run_button = W.Button(description="Run", icon="play", button_style="primary")
+        self.reason = W.HTML()
+        self.code = W.Textarea(layout=W.Layout(width="100%", height="180px"), disabled=True)
+        self.code_box = W.Accordion(children=[self.code], titles=("show code: the plain backend code",))
+        self.results = ResultsView(self.session)
+        self.plots = PlotsView(self.session)
+        self.queue = RunQueue(self.session, on_done=self._guarded(self._finished))
+        self.verdict = Verdict()
+        self.run_button.on_click(self._guarded(lambda _b: self.run()))
+        self._method_changed()
+        left = W.VBox([W.HTML("<h3>Model</h3>"), self.models.widget, W.HTML("<h3>Method</h3>"),
+                       self.methods.widget, self.form_box, W.HBox([self.run_button, self.reason]),
+                       self.code_box], layout=W.Layout(width="52%"))
+        right = W.VBox([self.queue.widget], layout=W.Layout(width="46%"))
+        self.widget = W.VBox([W.HBox([left, right]), self.errors, W.HTML("<h3>Results</h3>"),
+                              self.results.widget, W.HTML("<h3>Comparisons</h3>"), self.plots.widget])
+
+    # --- handlers (plain methods: tests drive them) -------------------------------------
+    def select(self, model: str | None = None, method: str | None = None) -> None:
+        """Pick a model (catalog name, or anything else into the free field) and/or a method."""
+        if model is not None:
+            names = [v for _, v in self.models.dropdown.options]
+            if model in names and model != CUSTOM:
+                self.models.dropdown.value = model
+            else:
+                self.models.dropdown.value = CUSTOM
+                self.models.custom.value = model
+        if method is not None:
+            self.methods.dropdown.value = method
+
+    def set_params(self, values: Mapping[str, Any]) -> None:
+        """Set form fields (raw values, as a user would type them); revalidates."""
+        assert self.form is not None
+        self.form.set_values(values)
+        self.revalidate()
+
+    def params(self) -> dict[str, Any]:
+        return self.form.raw_values() if self.form is not None else {}
+
+    def revalidate(self) -> Verdict:
+        """Check the configuration: messages under fields, Run enabled or disabled with the reason."""
+        self.verdict = check(self.session, self.models.value, self.methods.value, self.params(), bench=self.bench)
+        if self.form is not None:
+            self.form.show_errors(self.verdict.field_errors)
+        self.run_button.disabled = not self.verdict.can_run
+        self.reason.value = "" if self.verdict.can_run else \
+            f"<span style='color:#b00020'>{html.escape(self.verdict.reason)}</span>"
+        self._show_code()
+        return self.verdict
+
+    def run(self) -> QueueItem | None:
+        """Queue the current configuration (None, with the reason shown, when it cannot run)."""
+        if not self.revalidate().can_run:
+            return None
+        spec = self.session.make_spec(self.models.value, self.methods.value, self.params(), bench=self.bench)
+        return self.queue.add(spec)
+
+    # --- internals ------------------------------------------------------------------------
+    def _method_changed(self) -> None:
+        cls = registry.get(self.methods.value).cls
+        self.form = ParamForm(cls.schema, on_change=self._guarded(self.revalidate))
+        self.form_box.children = [self.form.widget]
+        self.revalidate()
+
+    def _show_code(self) -> None:
+        cls = registry.get(self.methods.value).cls
+        if self.verdict.field_errors:
+            self.code.value = "# fix the parameters first"
+            return
+        try:
+            self.code.value = cls().code(self.models.value or "MODEL", self.params())
+        except Exception as e:  # noqa: BLE001 - a template that cannot render says so
+            self.code.value = f"# no code for this configuration: {e}"
+
+    def _finished(self, _result: RunResult) -> None:
+        self.results.refresh()
+        self.plots.refresh()
+
+    def _guarded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` as a widget callback: an exception is shown in the app, never raised into the kernel."""
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                self.errors.value = ""
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                tail = "".join(traceback.format_exception(e)[-3:])
+                self.errors.value = (f"<pre style='color:#b00020;white-space:pre-wrap'>{html.escape(type(e).__name__)}"
+                                     f": {html.escape(str(e))}\n{html.escape(tail)}</pre>")
+                return None
+        return call
+
+
+__all__ = ["App"]

@@ -1,0 +1,153 @@
+"""The run queue: runs one after the other in a background thread, each with a progress bar,
+its current stage, a Cancel button and, when it fails, its stored error one click away.
+
+The thread keeps the notebook responsive; the widgets are updated from it (ipywidgets sends
+value changes from any thread). `wait()` blocks until the queue is empty (tests, scripts).
+
+Kernel-side: ipywidgets, no torch.
+"""
+from __future__ import annotations
+
+import html
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import ipywidgets as W
+
+from ..result import RunResult, RunStatus, label
+from ..session import progress_percent
+from ..spec import RunSpec
+
+STATUS_COLORS = {"ok": "#1b7f3b", "flagged": "#b36b00", "reload_mismatch": "#b36b00", "queued": "#555",
+                 "running": "#0b57d0", "cancelled": "#555"}
+
+
+class QueueItem:
+    """One queued run and its widgets."""
+
+    def __init__(self, spec: RunSpec, on_cancel: Callable[["QueueItem"], None]):
+        self.spec = spec
+        self.status = "queued"
+        self.result: RunResult | None = None
+        self.cancel_requested = False
+        self.name = W.HTML(f"<b>{html.escape(spec.model.id)}</b> {html.escape(label(spec.method, spec.params))}",
+                           layout=W.Layout(width="360px"))
+        self.bar = W.IntProgress(value=0, min=0, max=100, layout=W.Layout(width="160px"))
+        self.stage = W.HTML(self._status_html(), layout=W.Layout(width="260px"))
+        self.cancel = W.Button(description="Cancel", icon="stop", layout=W.Layout(width="90px"))
+        self.show_error = W.ToggleButton(description="error", icon="exclamation-triangle",
+                                         layout=W.Layout(width="90px", display="none"))
+        self.error = W.HTML(layout=W.Layout(display="none"))
+        self.cancel.on_click(lambda _b: on_cancel(self))
+        self.show_error.observe(self._toggle_error, names="value")
+        self.widget = W.VBox([W.HBox([self.name, self.bar, self.stage, self.cancel, self.show_error]), self.error])
+
+    def progress(self, stage: str, fraction: float | None, message: str) -> None:
+        pct = progress_percent(stage, fraction)
+        if pct is not None and pct > self.bar.value:
+            self.bar.value = pct
+        self.stage.value = f"<span style='color:#0b57d0'>{html.escape(stage)}</span> {html.escape(message[:60])}"
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.stage.value = self._status_html()
+
+    def finish(self, result: RunResult) -> None:
+        self.result = result
+        self.status = result.status.value
+        self.cancel.disabled = True
+        if result.ok:
+            self.bar.value = 100
+            self.bar.bar_style = "success" if result.status is RunStatus.OK else "warning"
+        else:
+            self.bar.bar_style = "danger"
+        cached = " (stored result)" if result.cached else ""
+        self.stage.value = self._status_html() + cached
+        if result.error:
+            self.error.value = ("<pre style='white-space:pre-wrap;max-height:240px;overflow:auto'>"
+                                f"{html.escape(result.error)}</pre>")
+            self.show_error.layout.display = None
+
+    def _status_html(self) -> str:
+        color = STATUS_COLORS.get(self.status, "#b00020")
+        return f"<span style='color:{color}'>{html.escape(self.status)}</span>"
+
+    def _toggle_error(self, change: Any) -> None:
+        self.error.layout.display = None if change["new"] else "none"
+
+
+class RunQueue:
+    """Runs specs through `session.submit` in order, in one background thread."""
+
+    def __init__(self, session: Any, on_done: Callable[[RunResult], None] | None = None, force: bool = False):
+        self.session = session
+        self.on_done = on_done
+        self.force = force
+        self.items: list[QueueItem] = []
+        self.list = W.VBox([])
+        self.widget = W.VBox([W.HTML("<b>Runs</b>"), self.list])
+        self._todo: queue.Queue[QueueItem] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._running: QueueItem | None = None
+        self._lock = threading.Lock()  # the thread exits only when add() cannot be handing it an item
+
+    def add(self, spec: RunSpec) -> QueueItem:
+        item = QueueItem(spec, self.cancel)
+        self.items.append(item)
+        self.list.children = (item.widget, *self.list.children)  # newest first
+        with self._lock:
+            self._idle.clear()
+            self._todo.put(item)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="workbench-queue", daemon=True)
+                self._thread.start()
+        return item
+
+    def cancel(self, item: QueueItem) -> None:
+        """A queued run is dropped; a running one has its worker killed (stored as cancelled)."""
+        item.cancel_requested = True
+        if item is self._running:
+            killer = getattr(self.session.executor, "cancel", None)
+            if killer is not None:
+                killer(item.spec.key)
+        elif item.status == "queued":
+            item.set_status("cancelled")
+            item.cancel.disabled = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every queued run has finished; False on timeout."""
+        return self._idle.wait(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                try:
+                    item = self._todo.get_nowait()
+                except queue.Empty:
+                    self._thread = None
+                    self._idle.set()
+                    return
+            if item.cancel_requested:
+                continue
+            self._running = item
+            item.set_status("running")
+            t0 = time.perf_counter()
+            try:
+                result = self.session.submit(item.spec, force=self.force, progress=item.progress)
+            except Exception as e:  # noqa: BLE001 - the queue must survive anything; the error is shown
+                result = RunResult.failure(item.spec.to_dict(), item.spec.key, RunStatus.CRASHED,
+                                           f"{type(e).__name__}: {e} (after {time.perf_counter() - t0:.1f} s)")
+            self._running = None
+            item.finish(result)
+            if self.on_done is not None:
+                try:
+                    self.on_done(result)
+                except Exception as e:  # noqa: BLE001 - a failing refresh must not stop the queue
+                    item.error.value += f"<pre>refresh failed: {html.escape(repr(e))}</pre>"
+
+
+__all__ = ["QueueItem", "RunQueue"]
