@@ -178,3 +178,14 @@ def test_a_failing_handler_is_shown_not_raised(app, monkeypatch):
     monkeypatch.setattr("workbench.ui.app.check", broken)
     app.models.dropdown.value = "tiny-bert"  # the observer calls revalidate -> check
     assert "planted failure" in app.errors.value
+
+
+def test_the_app_imports_no_torch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from workbench.ui import App; App(); "
+            "bad = [m for m in ('torch', 'transformers', 'openvino') if m in sys.modules]; sys.exit(1 if bad else 0)")
+    env = {**os.environ, "WORKBENCH_STORE": str(tmp_path / "wb.sqlite")}
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, env=env).returncode == 0
