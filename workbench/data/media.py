@@ -26,6 +26,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 if TYPE_CHECKING:
     import numpy as np
 
+# Text given to pipelines, cut at a word boundary: prompts for text-to-image (CLIP text encoders
+# read 77 tokens), questions about images for vision-language models.
+PROMPT_CHARS = 200
+QUESTION_CHARS = 120
 # Seeds of the evaluation inputs are offset from the calibration ones: never the same clip or image.
 EVAL_SEED_OFFSET = 10_000
 

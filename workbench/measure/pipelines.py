@@ -124,7 +124,6 @@ def image_latency(pipe: Any, prompt: str, seed: int, warmup: int, repeats: int,
 SEQ_INPUTS = 4  # clips or images
 GEN_TOKENS = 16  # greedy tokens generated per input
 TOPK = 1024
-QUESTION_CHARS = 120
 
 
 def seq_inputs(kind: str, processor: Any, data: Any, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -138,7 +137,7 @@ def seq_inputs(kind: str, processor: Any, data: Any, seed: int) -> list[dict[str
                  .input_features} for c in clips]
     images = media.synthetic_images(SEQ_INPUTS, seed + media.EVAL_SEED_OFFSET)
     out = []
-    for image, question in zip(images, prompts_for(data, SEQ_INPUTS, QUESTION_CHARS)):
+    for image, question in zip(images, prompts_for(data, SEQ_INPUTS, media.QUESTION_CHARS)):
         out.append(dict(processor(images=image, text=vlm_prompt(processor, question), return_tensors="pt")))
     return out
 
@@ -304,11 +303,12 @@ def processor(ctx: Any) -> Any:
     return AutoProcessor.from_pretrained(str(ctx.model_dir()))
 
 
-def prompts_for(data: Any, n: int = IMAGES, max_chars: int = 200) -> list[str]:
-    """The first `n` evaluation sentences of the run's text, cut to `max_chars` (CLIP reads 77 tokens)."""
-    from ..data import text
+def prompts_for(data: Any, n: int = IMAGES, max_chars: int | None = None) -> list[str]:
+    """The first `n` paragraphs of the run's evaluation text, cut at a word boundary to `max_chars`
+    (default PROMPT_CHARS), as calibration prompts are from the calibration part."""
+    from ..data import media, text
 
-    return [s[:max_chars] for s in text.embedding_sentences(data)[:n]]
+    return text.paragraphs(text.evaluation_text(data), n, max_chars or media.PROMPT_CHARS)
 
 
 __all__ = ["IMAGES", "STEPS", "accuracy", "generate_images", "image_fidelity", "latency", "load_torch_pipeline",

@@ -18,6 +18,7 @@ import torch
 from ..errors import ModelNotFound
 from .catalog import CATALOG, CONFIG_DIR, PIPELINE_KINDS, catalog_config
 from .embedded import Progress, build_once, fix_saved_config
+from .tiny_pipelines import training_text
 
 # Bump when the build recipe changes (tokenizer training, init): cached builds are redone.
 TINY_RECIPE = 1
@@ -65,12 +66,6 @@ def build_tiny(name: str, out: str | Path) -> None:
     fix_saved_config(out)
 
 
-def _training_text() -> list[str]:
-    from .tiny_pipelines import training_text
-
-    return training_text()
-
-
 def _llama_tokenizer(config: dict):
     """Byte-level BPE (no BOS added, like SmolLM2) with one special token, id 0."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -86,7 +81,7 @@ def _llama_tokenizer(config: dict):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_text(), trainer=trainer)
+    tok.train_from_iterator(training_text(), trainer=trainer)
     _check_vocab(tok.get_vocab_size(), config)
     special = LLAMA_SPECIAL
     return PreTrainedTokenizerFast(
@@ -106,7 +101,7 @@ def _bert_tokenizer(config: dict):
     trainer = trainers.WordPieceTrainer(
         vocab_size=config["vocab_size"], special_tokens=BERT_SPECIAL, show_progress=False
     )
-    tok.train_from_iterator(_training_text(), trainer=trainer)
+    tok.train_from_iterator(training_text(), trainer=trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

@@ -24,18 +24,12 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from ...data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, media_source_error
+from ...data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, PROMPT_CHARS, QUESTION_CHARS, media_source_error
 from ...data.text import source_error
 from ...errors import ParamError
 from ...models.catalog import PIPELINE_KINDS
 from ...params import Param, Schema
 from .common import OpenVINOMethod, precision_param, probe_values
-
-# Calibration prompts for text-to-image are paragraphs of the calibration text, cut to this many
-# characters (CLIP text encoders read 77 tokens).
-PROMPT_CHARS = 200
-# Questions asked about calibration images (vision-language).
-QUESTION_CHARS = 120
 
 DATASET_FORMS = {
     "text-to-image": "pydoc-topics, file:PATH or hub:NAME[/CONFIG] (prompts)",
