@@ -72,6 +72,15 @@ class BenchSpec:
     memory_limit_mb: int | None = None
 
 
+# A lighter protocol for notebooks and classes: the same measurements on fewer sizes, fewer
+# evaluation tokens and no reload check, so a comparison of a few methods on the embedded
+# SmolLM2 takes minutes on two cores. Results are stored under their own keys (the spec
+# differs), never mixed up with full-protocol runs.
+LIGHT_BENCH = BenchSpec(batch_sizes=(1,), prompt_lengths=(32,), decode_tokens=16, generate_batch_sizes=(1,),
+                        repeats=2, reload_check=False)
+LIGHT_DATA = DataSpec(eval_windows=4, window=256, calib_samples=16, calib_seq_len=256, embed_sentences=100)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run: a model, a method with its parameters, the data and the benchmark settings."""

@@ -13,7 +13,8 @@ from transformers import AutoModel
 from workbench.errors import InvalidParams
 from workbench.methods.rtn import RTN, load_quantized
 from workbench.teach import packing
-from workbench.teach.quant import QuantLinear, fake_quantize
+from workbench.teach.qlinear import QuantLinear
+from workbench.teach.quant import fake_quantize
 from tiny import Ctx, ids  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from workbench.teach import packing
+from workbench.teach.qlinear import QuantLinear
 from workbench.teach.quant import (
-    QuantLinear,
     compute_qparams,
     dequantize,
     fake_quantize,
@@ -247,3 +247,21 @@ def test_quant_linear_codes_and_dtypes():
     assert "bits=4" in repr(q) and "group_size=32" in repr(q)
     with pytest.raises(ValueError, match="group_size"):
         QuantLinear.from_linear(torch.nn.Linear(60, 4), 4, True, 32)
+
+
+# --- one implementation for numpy (notebook kernel) and torch (workers) --------------------
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity,group_size", GRANULARITIES)
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16])
+def test_numpy_and_torch_give_the_same_codes_and_scales(symmetric, granularity, group_size, scale_dtype):
+    import numpy as np
+
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(3)) * 2
+    st, zt = compute_qparams(x, 4, symmetric, granularity, group_size, scale_dtype)
+    sn, zn = compute_qparams(x.numpy(), 4, symmetric, granularity, group_size, str(scale_dtype).split(".")[1])
+    assert isinstance(sn, np.ndarray) and np.array_equal(st.numpy(), sn) and np.array_equal(zt.numpy(), zn)
+    qt = quantize(x, st, None if symmetric else zt, 4, symmetric)
+    qn = quantize(x.numpy(), sn, None if symmetric else zn, 4, symmetric)
+    assert np.array_equal(qt.numpy(), qn)
+    assert np.allclose(fake_quantize(x, 4, symmetric, granularity, group_size).numpy(),
+                       fake_quantize(x.numpy(), 4, symmetric, granularity, group_size), atol=1e-6)

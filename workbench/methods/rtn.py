@@ -1,7 +1,7 @@
 """`rtn`: the workbench's own round-to-nearest weight quantizer.
 
 The reference the notebooks teach with and other backends are checked against:
-every selected `nn.Linear` becomes a `workbench.teach.quant.QuantLinear` that
+every selected `nn.Linear` becomes a `workbench.teach.qlinear.QuantLinear` that
 holds its weight as packed integer codes (2-8 bits) with float16 group scales
 (float32 per-channel or per-tensor scales) and, for affine quantization, uint8
 integer zero points. `forward` dequantizes on the fly: the memory saving is
@@ -104,7 +104,7 @@ class RTN(Method):
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
         import torch
 
-        from ..teach.quant import QuantLinear
+        from ..teach.qlinear import QuantLinear
 
         p = self.schema.normalize(params, "rtn")
         bits, sym, group_size = p["bits"], p["sym"], p["group_size"]
@@ -161,7 +161,7 @@ class RTN(Method):
             "import fnmatch\n\n"
             "import torch\n"
             "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
-            "from workbench.teach.quant import QuantLinear  # packed codes, dequantized in forward\n\n"
+            "from workbench.teach.qlinear import QuantLinear  # packed codes, dequantized in forward\n\n"
             f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32).eval()\n"
             + replace_layers_code(p["include"], p["exclude"])
             + "    linear = getattr(parent, child)\n"
@@ -224,7 +224,7 @@ def load_quantized(model: Any, path: Path) -> Any:
     """
     from safetensors.torch import load_file
 
-    from ..teach.quant import QuantLinear
+    from ..teach.qlinear import QuantLinear
 
     path = Path(path)
     config = json.loads((path / CONFIG_FILE).read_text())
