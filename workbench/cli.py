@@ -4,7 +4,7 @@
     workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
     workbench results [--store PATH] [--format table|csv|json]
     workbench report [--store PATH] --out FILE.html
-    workbench methods [--json]     workbench models [--json]
+    workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
     workbench env list [--json]    workbench env create NAME
 
 Exit codes: 0 done, 2 invalid input, 3 the run failed (crashed / timeout /
@@ -298,6 +298,8 @@ def methods_markdown(rows: list[dict[str, Any]]) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import catalog
 
+    if args.prepare is not None:
+        return prepare_models(args.prepare)
     rows = catalog.catalog_rows()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -306,6 +308,34 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['name']:<14} {r['kind']:<18} {r['source']:<9} {r.get('params_count') or '?':>11}  {r['description']}")
     print("Any local model directory or hub id (org/name) works too: --model /path/to/model")
     return EXIT_OK
+
+
+def prepare_models(names: Sequence[str]) -> int:
+    """Convert / build catalog models (default: the embedded ones) in a worker of their environment,
+    so that no run pays for it later. Pipelines are built in the openvino environment (diffusers
+    lives there only), the others in the torch one."""
+    import os
+    import subprocess
+
+    from .envs import manager
+    from .models import catalog
+
+    names = list(names) or [n for n, e in catalog.CATALOG.items() if e.source == "embedded"]
+    unknown = [n for n in names if n not in catalog.CATALOG]
+    if unknown:
+        raise InvalidSpec(f"models: {', '.join(unknown)} not in the catalog ({', '.join(catalog.CATALOG)}); "
+                          "local directories and hub ids need no preparation")
+    by_env: dict[str, list[str]] = {}
+    for n in names:
+        env = "openvino" if catalog.CATALOG[n].kind in catalog.PIPELINE_KINDS else "torch"
+        by_env.setdefault(env, []).append(n)
+    code = EXIT_OK
+    for env, group in by_env.items():
+        python = manager.python_for(env)  # EnvironmentUnavailable (exit 4) says how to create it
+        child = {**os.environ, "PYTHONPATH": manager.worker_pythonpath()}
+        if subprocess.run([python, "-m", "workbench.worker", "--prepare", *group], env=child).returncode:
+            code = EXIT_FAILED
+    return code
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -374,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mo = sub.add_parser("models", help="the model catalog")
     mo.add_argument("--json", action="store_true")
+    mo.add_argument("--prepare", nargs="*", metavar="NAME",
+                    help="convert / build these catalog models now (default: the embedded ones)")
     mo.set_defaults(func=cmd_models)
 
     e = sub.add_parser("env", help="backend environments")

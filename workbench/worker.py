@@ -3,6 +3,7 @@
     python -m workbench.worker REQUEST.json RESULT.json
     python -m workbench.worker --reference REQUEST.json
     python -m workbench.worker --reload REQUEST.json METRICS.json
+    python -m workbench.worker --prepare NAME...      (`workbench models --prepare`)
 
 REQUEST.json is {"spec": RunSpec dict, "target": "module:Class"}. The worker
 loads the model, builds the method, measures everything the same way for every
@@ -568,8 +569,31 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def prepare_main(names: list[str]) -> int:
+    """Convert or build catalog models now rather than in their first run (an image build, e.g.
+    Binder's postBuild, should pay the SmolLM2 conversion, not the first visitor). One line per
+    model on stdout; exit code 1 if any failed."""
+    from .models.loader import resolve
+    from .spec import ModelSpec
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    failed = 0
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            path = resolve(ModelSpec(name), progress=lambda _f, msg, n=name: print(f"{n}: {msg}", flush=True))
+        except WorkbenchError as e:
+            print(f"{name}: failed: {e}", flush=True)
+            failed += 1
+            continue
+        print(f"{name}: ready ({time.perf_counter() - t0:.1f} s) {path}", flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--prepare":
+        return prepare_main(argv[1:])
     if argv and argv[0] == "--reference":
         request = json.loads(Path(argv[1]).read_text())
         spec = RunSpec.from_dict(request["spec"])

@@ -13,6 +13,8 @@ queue's thread, one worker process each.
 from __future__ import annotations
 
 import html
+import os
+import threading
 import traceback
 from typing import Any, Callable, Mapping
 
@@ -59,6 +61,8 @@ class App:
         right = W.VBox([self.queue.widget], layout=W.Layout(width="46%"))
         self.widget = W.VBox([W.HBox([left, right]), self.errors, W.HTML("<h3>Results</h3>"),
                               self.results.widget, W.HTML("<h3>Comparisons</h3>"), self.plots.widget])
+        if os.environ.get("VOILA_PREHEAT") == "True":
+            threading.Thread(target=self._refresh_when_opened, name="workbench-preheat", daemon=True).start()
 
     # --- handlers (plain methods: tests drive them) -------------------------------------
     def select(self, model: str | None = None, method: str | None = None) -> None:
@@ -93,6 +97,11 @@ class App:
         self._show_code()
         return self.verdict
 
+    def refresh(self) -> None:
+        """Re-read the store into the results table and the plots."""
+        self.results.refresh()
+        self.plots.refresh()
+
     def run(self) -> QueueItem | None:
         """Queue the current configuration (None, with the reason shown, when it cannot run)."""
         if not self.revalidate().can_run:
@@ -118,8 +127,18 @@ class App:
             self.code.value = f"# no code for this configuration: {e}"
 
     def _finished(self, _result: RunResult) -> None:
-        self.results.refresh()
-        self.plots.refresh()
+        self.refresh()
+
+    def _refresh_when_opened(self) -> None:
+        """Voila fills its pool of preheated kernels by running the notebook before anyone asks,
+        possibly long before a visitor opens the page: refresh from the store when one does, or
+        the table and the plots would show the runs stored by then, not the ones stored since."""
+        def wait_and_refresh() -> None:
+            from voila.utils import wait_for_request  # blocks until a page takes this kernel
+
+            wait_for_request()
+            self.refresh()
+        self._guarded(wait_and_refresh)()
 
     def _guarded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn` as a widget callback: an exception is shown in the app, never raised into the kernel."""

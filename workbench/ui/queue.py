@@ -33,16 +33,19 @@ class QueueItem:
         self.result: RunResult | None = None
         self.cancel_requested = False
         self.name = W.HTML(f"<b>{html.escape(spec.model.id)}</b> {html.escape(label(spec.method, spec.params))}",
-                           layout=W.Layout(width="360px"))
-        self.bar = W.IntProgress(value=0, min=0, max=100, layout=W.Layout(width="160px"))
-        self.stage = W.HTML(self._status_html(), layout=W.Layout(width="260px"))
+                           layout=W.Layout(flex="1 1 auto", min_width="0"))
+        self.bar = W.IntProgress(value=0, min=0, max=100, layout=W.Layout(width="160px", flex="0 0 auto"))
+        self.stage = W.HTML(self._status_html(), layout=W.Layout(flex="1 1 auto", min_width="0"))
         self.cancel = W.Button(description="Cancel", icon="stop", layout=W.Layout(width="90px"))
         self.show_error = W.ToggleButton(description="error", icon="exclamation-triangle",
                                          layout=W.Layout(width="90px", display="none"))
         self.error = W.HTML(layout=W.Layout(display="none"))
         self.cancel.on_click(lambda _b: on_cancel(self))
         self.show_error.observe(self._toggle_error, names="value")
-        self.widget = W.VBox([W.HBox([self.name, self.bar, self.stage, self.cancel, self.show_error]), self.error])
+        # Two lines (what runs, with its buttons; then how far it is) so that a row fits the queue's
+        # half of the app: on one line the buttons were pushed out of view.
+        self.widget = W.VBox([W.HBox([self.name, self.cancel, self.show_error]), W.HBox([self.bar, self.stage]),
+                              self.error], layout=W.Layout(border_bottom="1px solid #eee", padding="2px 0"))
 
     def progress(self, stage: str, fraction: float | None, message: str) -> None:
         pct = progress_percent(stage, fraction)

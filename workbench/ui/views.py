@@ -2,12 +2,13 @@
 
 Both read the SQLite store, so they survive kernel restarts; `refresh()` re-reads it (the app
 calls it when a run finishes). The table is sortable and filterable through plain functions
-(`table_view`), the plots are plotly FigureWidgets updated in place.
+(`table_view`), the plots are plotly figures updated in place, shown in one FigureWidget.
 
 Kernel-side: ipywidgets, pandas, plotly; no torch.
 """
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any, Callable
 
 import ipywidgets as W
@@ -66,7 +67,7 @@ class ResultsView:
             else f"<i>{plots.NO_RUNS if not len(self.df) else 'no run matches the filter'}</i>"
 
 
-# name -> (title, figure from the stored results). Each becomes one tab of FigureWidgets.
+# name -> figure from the stored results. One is shown at a time (see PlotsView).
 PLOTS: dict[str, Callable[[Any], go.Figure]] = {
     "accuracy vs memory": lambda s: plots.accuracy_vs_memory(s.dataframe(), accuracy=None),
     "latency per batch": lambda s: plots.latency_per_batch(s.results()),
@@ -74,27 +75,49 @@ PLOTS: dict[str, Callable[[Any], go.Figure]] = {
     "tokens/s per length": lambda s: plots.tokens_per_s_per_length(s.results()),
     "throughput per batch": lambda s: plots.throughput_per_batch(s.results()),
 }
+TABLE = "benchmark table"
 
 
-def replace_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
-    """Show `fig` in an existing FigureWidget (its traces and layout replaced in one update)."""
+def replace_figure(widget: go.Figure, fig: go.Figure) -> None:
+    """Show `fig` in an existing figure or FigureWidget (traces and layout replaced in one update)."""
+    # Assigning a layout reaches the browser as a relayout, which changes only the keys it names:
+    # the empty plot's "no successful runs yet" annotation would stay over the first point.
+    stale = {key: None for key in widget.layout.to_plotly_json() if key not in fig.layout.to_plotly_json()}
     with widget.batch_update():
         widget.data = ()
         widget.add_traces(list(fig.data))
+        if stale:
+            widget.plotly_relayout(stale)
         widget.layout = fig.layout
+    if isinstance(widget, go.FigureWidget):
+        # A view created later (the page opened after the figure changed) starts from these synced
+        # traits; plotly refreshes them only when the FigureWidget itself is displayed
+        # (`_repr_mimebundle_`), never when it sits in a Box: it would show an empty plot.
+        widget._widget_layout = deepcopy(widget._layout_obj._props)
+        widget._widget_data = deepcopy(widget._data)
 
 
 class PlotsView:
-    """One FigureWidget per comparison plot, plus the fused-module style generation table."""
+    """The comparison plots, one at a time in a single FigureWidget, plus the fused-module style
+    generation table; a row of buttons picks what is shown.
+
+    One FigureWidget, not one per plot: each FigureWidget makes the browser import its own copy of
+    plotly's 5 MB widget bundle, and anywidget gives a model 2 s to initialize. With five of them
+    loading at once on a slow or busy machine some missed that, and a model that misses it drops
+    every later update: its plot stayed empty after runs (seen in Voila on 2 cores).
+    `figures` keeps every plot as a plain `go.Figure`, updated in place, for code and tests.
+    """
 
     def __init__(self, session: Any):
         self.session = session
-        self.figures = {name: go.FigureWidget() for name in PLOTS}
+        self.figures: dict[str, go.Figure] = {name: go.Figure() for name in PLOTS}
+        self.figure = go.FigureWidget()
         self.generation = W.HTML()
-        self.tabs = W.Tab(children=[*self.figures.values(), self.generation])
-        for i, name in enumerate([*self.figures, "benchmark table"]):
-            self.tabs.set_title(i, name)
-        self.widget = self.tabs
+        self.choice = W.ToggleButtons(options=[*PLOTS, TABLE], value=next(iter(PLOTS)),
+                                      style={"button_width": "auto"})
+        self.body = W.Box([self.figure])
+        self.widget = W.VBox([self.choice, self.body])
+        self.choice.observe(lambda _c: self.show(), names="value")
         self.refresh()
 
     def refresh(self) -> None:
@@ -103,6 +126,16 @@ class PlotsView:
         table = plots.generation_table(self.session.results())
         self.generation.value = table.to_html(index=False, na_rep="", border=0) if len(table) else \
             "<i>no prefill / decode tables yet (causal LMs with latency measured)</i>"
+        self.show()
+
+    def show(self) -> None:
+        """Put the chosen plot (or the generation table) on screen."""
+        name = self.choice.value
+        if name == TABLE:
+            self.body.children = [self.generation]
+            return
+        replace_figure(self.figure, self.figures[name])
+        self.body.children = [self.figure]
 
 
-__all__ = ["PLOTS", "PlotsView", "ResultsView", "replace_figure", "table_view"]
+__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "replace_figure", "table_view"]
