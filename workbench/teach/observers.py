@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .quant import qparams_from_range, qrange, quant_error
+from .quant import dequantize, qparams_from_range, qrange, quant_error, quantize
 
 HISTOGRAM_METHODS = ("percentile", "mse", "entropy")
 
@@ -42,19 +42,26 @@ class Range:
         scale, zp = qparams_from_range(self.lo, self.hi, bits, symmetric)
         return float(scale), int(zp)
 
-    def fake_quantize(self, x: np.ndarray, bits: int = 8, symmetric: bool = False) -> np.ndarray:
-        """`x` quantized with this range and back: values outside it are clipped to its ends."""
+    def covered(self, bits: int = 8, symmetric: bool = False) -> tuple[float, float]:
+        """The values the grid of this range reaches: ``S (q_min - Z)`` to ``S (q_max - Z)``.
+
+        Wider than ``[lo, hi]`` where the scheme stretches it (to include 0, or to ``[-t, t]``).
+        """
         qmin, qmax = qrange(bits, symmetric)
         scale, zp = self.qparams(bits, symmetric)
-        q = np.clip(np.round(np.asarray(x, dtype=np.float32) / scale + zp), qmin, qmax)
-        return ((q - zp) * scale).astype(np.float32)
+        return (qmin - zp) * scale, (qmax - zp) * scale
+
+    def fake_quantize(self, x: np.ndarray, bits: int = 8, symmetric: bool = False) -> np.ndarray:
+        """`x` quantized with this range and back: values outside it are clipped to its ends."""
+        scale, zp = qparams_from_range(self.lo, self.hi, bits, symmetric)
+        zero = None if symmetric else zp
+        return dequantize(quantize(np.asarray(x, dtype=np.float32), scale, zero, bits, symmetric), scale, zero)
 
     def error(self, x: np.ndarray, bits: int = 8, symmetric: bool = False) -> dict[str, float]:
         """Quantization error on `x` (mse, max_abs, sqnr_db) plus the share of values clipped."""
         x = np.asarray(x, dtype=np.float32)
         err = quant_error(x, self.fake_quantize(x, bits, symmetric))
-        lo, hi = (-max(abs(self.lo), abs(self.hi)), max(abs(self.lo), abs(self.hi))) if symmetric \
-            else (min(self.lo, 0.0), max(self.hi, 0.0))
+        lo, hi = self.covered(bits, symmetric)
         err["clipped_pct"] = 100.0 * float(np.mean((x < lo) | (x > hi))) if x.size else 0.0
         return err
 
@@ -187,8 +194,7 @@ class HistogramObserver:
             else:
                 cand = Range("mse", float(f * min(lo0, 0.0)), float(f * max(hi0, 0.0)))
             scale, _ = cand.qparams(bits, symmetric)
-            lo, hi = (-(2 ** (bits - 1) - 1) * scale, (2 ** (bits - 1) - 1) * scale) if symmetric \
-                else (cand.lo, cand.hi)
+            lo, hi = cand.covered(bits, symmetric)
             clip = np.maximum(centres - hi, 0) + np.maximum(lo - centres, 0)
             err = np.sum(counts * np.where(clip > 0, clip**2, scale**2 / 12))
             if best is None or err < best[0]:
