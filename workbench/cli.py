@@ -314,7 +314,6 @@ def prepare_models(names: Sequence[str]) -> int:
     """Convert / build catalog models (default: the embedded ones) in a worker of their environment,
     so that no run pays for it later. Pipelines are built in the openvino environment (diffusers
     lives there only), the others in the torch one."""
-    import os
     import subprocess
 
     from .envs import manager
@@ -332,8 +331,7 @@ def prepare_models(names: Sequence[str]) -> int:
     code = EXIT_OK
     for env, group in by_env.items():
         python = manager.python_for(env)  # EnvironmentUnavailable (exit 4) says how to create it
-        child = {**os.environ, "PYTHONPATH": manager.worker_pythonpath()}
-        if subprocess.run([python, "-m", "workbench.worker", "--prepare", *group], env=child).returncode:
+        if subprocess.run([python, "-m", "workbench.worker", "--prepare", *group], env=manager.worker_env()).returncode:
             code = EXIT_FAILED
     return code
 

@@ -228,7 +228,7 @@ def create(name: str, *, progress: bool = True, log: Callable[[str], None] | Non
     run([str(py), "-c", fam.check], "check")
     if fam.probe:
         run([str(py), "-m", fam.probe, str(d / PROBE_FILE)], "probe",
-            env={**os.environ, "PYTHONPATH": worker_pythonpath()})
+            env=worker_env())
     bar.close()
     manifest = {
         "family": name,
@@ -238,6 +238,11 @@ def create(name: str, *, progress: bool = True, log: Callable[[str], None] | Non
     }
     (d / "workbench-env.json").write_text(json.dumps(manifest, indent=2))
     return status(name)
+
+
+def worker_env() -> dict[str, str]:
+    """This process's environment with PYTHONPATH set for a workbench module in a backend env."""
+    return {**os.environ, "PYTHONPATH": worker_pythonpath()}
 
 
 def worker_pythonpath() -> str:

@@ -18,19 +18,19 @@ from typing import Any
 import numpy as np
 
 
-def _load(model_id: str) -> tuple[Any, Any, str]:
+def _load(model_id: str) -> tuple[Any, Any]:
     from ..models import catalog
     from ..models.loader import load_model, load_tokenizer
     from ..spec import ModelSpec
 
     spec = ModelSpec(model_id)
     kind = catalog.describe(spec).kind
-    return load_model(spec, kind), load_tokenizer(spec), kind
+    return load_model(spec, kind), load_tokenizer(spec)
 
 
 def weights(model_id: str, names: list[str]) -> dict[str, np.ndarray]:
     """The named parameters (e.g. ``model.layers.0.mlp.down_proj.weight``) as float32 arrays."""
-    net, _tok, _kind = _load(model_id)
+    net, _tok = _load(model_id)
     params = dict(net.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
@@ -46,7 +46,7 @@ def activations(model_id: str, layers: list[str], samples: int, seq_len: int) ->
     from ..data.splits import calibration_samples
     from ..spec import DataSpec
 
-    net, tok, _kind = _load(model_id)
+    net, tok = _load(model_id)
     modules = dict(net.named_modules())
     missing = [n for n in layers if n not in modules]
     if missing:

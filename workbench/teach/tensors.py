@@ -58,9 +58,8 @@ def _run(what: str, model: str, names: list[str], opts: dict, out: Path) -> None
     cmd = [python, "-m", "workbench.teach.capture", what, model, str(tmp), *names]
     if opts:
         cmd += ["--samples", str(opts["samples"]), "--seq-len", str(opts["seq_len"])]
-    env = {**os.environ, "PYTHONPATH": manager.worker_pythonpath()}
     with tqdm(total=1, desc=f"{what} of {model} (torch environment)", leave=False) as bar:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=manager.worker_env(), capture_output=True, text=True)
         bar.update(1)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
