@@ -12,6 +12,7 @@ WB := $(VENV)/bin/workbench
 TORCH_ENV := $(WORKBENCH_HOME)/envs/torch
 TORCH_PY := $(TORCH_ENV)/bin/python
 OV_ENV := $(WORKBENCH_HOME)/envs/openvino
+ORT_ENV := $(WORKBENCH_HOME)/envs/onnx
 PYTEST_ARGS ?=
 APP_PORT ?= 8866
 LAB_PORT ?= 8888
@@ -29,11 +30,14 @@ $(TORCH_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/torch.txt wor
 $(OV_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/openvino.txt workbench/envs/openvino-nodeps.txt
 	$(WB) env create openvino
 
+$(ORT_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/onnx.txt workbench/envs/onnx-nodeps.txt
+	$(WB) env create onnx
+
 $(TORCH_ENV)/.test-deps: $(TORCH_ENV)/workbench-env.json
 	$(TORCH_PY) -m pip install -q --disable-pip-version-check pytest pytest-timeout
 	touch $@
 
-setup: $(VENV)/.installed $(TORCH_ENV)/workbench-env.json $(OV_ENV)/workbench-env.json
+setup: $(VENV)/.installed $(TORCH_ENV)/workbench-env.json $(OV_ENV)/workbench-env.json $(ORT_ENV)/workbench-env.json
 
 demo: setup
 	$(WB) compare --model smollm2-135m --report results/report.html

@@ -148,6 +148,21 @@ def compute_reference(spec: RunSpec, model_info: Any) -> dict:
         return ref
 
 
+def _reference_interpreter() -> tuple[str, dict[str, str] | None]:
+    """The baseline is the model as the `torch` environment's transformers builds it, whichever
+    environment asked: the `onnx` family's transformers 4.57 reads some transformers-5 configs
+    differently (RoPE settings), and a reference computed there would hide exactly that."""
+    from .envs import manager
+
+    try:
+        python = manager.python_for("torch")
+    except WorkbenchError:
+        return sys.executable, None
+    if os.path.abspath(python) == os.path.abspath(sys.executable):  # not resolve(): venvs link one interpreter
+        return sys.executable, None
+    return python, manager.worker_env()
+
+
 def ensure_reference_in_subprocess(spec: RunSpec) -> None:
     """Compute the reference in a child process, so this worker's peak RSS stays its own."""
     import subprocess
@@ -159,8 +174,9 @@ def ensure_reference_in_subprocess(spec: RunSpec) -> None:
     with tempfile.TemporaryDirectory(prefix="wb-ref-") as tmp:
         req = Path(tmp) / "request.json"
         req.write_text(json.dumps({"spec": spec.to_dict()}))
-        proc = subprocess.run([sys.executable, "-m", "workbench.worker", "--reference", str(req)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        python, env = _reference_interpreter()
+        proc = subprocess.run([python, "-m", "workbench.worker", "--reference", str(req)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.splitlines()[-20:])
             raise RuntimeError(f"computing the baseline reference failed (exit {proc.returncode}):\n{tail}")

@@ -72,6 +72,13 @@ FAMILIES: dict[str, EnvFamily] = {
         "import torch, transformers, openvino, nncf, optimum.intel; from optimum.intel import OVModelForCausalLM",
         probe="workbench.methods.openvino.probe",
     ),
+    "onnx": EnvFamily(
+        "onnx",
+        "ONNX Runtime 1.32 through optimum-onnx 0.1 (export, ORTQuantizer dynamic/static int8, MatMulNBits); "
+        "transformers 4.57",
+        "import torch, transformers, onnx, onnxruntime, onnx_ir, optimum.onnxruntime; "
+        "from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer",
+    ),
 }
 
 

@@ -1,5 +1,5 @@
 """What the OpenVINO methods share: the base class, the probe read in the kernel, the
-inference precision parameter, calibration texts, and turning a quantized IR into a `Built`.
+inference precision parameter, and turning a quantized IR into a `Built`.
 
 Torch-free and OpenVINO-free at import: the libraries are imported in the worker only.
 """
@@ -11,7 +11,6 @@ from typing import Any, Mapping
 
 from ...envs import manager
 from ...models.catalog import PIPELINE_KINDS
-from ...errors import DataError
 from ...params import Param
 from ..base import Built, Method
 
@@ -104,13 +103,3 @@ class OpenVINOMethod(Method):
         model = runtime.load_ir(ctx.model_info.kind, Path(path), params["inference_precision"])
         runtime.compile_timed(model)
         return model
-
-
-def calibration_texts(ctx: Any, source: str, num_samples: int, param: str, seq_len: int | None = None) -> list[str]:
-    """`num_samples` calibration texts from the calibration part of `source` (never the evaluation part)."""
-    ctx.progress("calibrate", None, f"{num_samples} calibration samples from {source}")
-    try:
-        return ctx.calibration_texts(source=source, calib_samples=num_samples,
-                                     calib_seq_len=seq_len or ctx.spec.data.calib_seq_len)
-    except DataError as e:
-        raise DataError(f"{param}: {e}") from None

@@ -17,15 +17,11 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from ...data.text import source_error
-from ...params import Check, Param, Schema
-from .common import OpenVINOMethod, calibration_texts, precision_param
+from ...params import Param, Schema
+from ..calibration import calibration_texts, dataset_check, dataset_param
+from .common import OpenVINOMethod, precision_param
 
 ENCODER_SEQ_LEN = 128
-
-
-def _check_source(v: Mapping[str, Any]) -> str | None:
-    return source_error(v["dataset"])
 
 
 class OVStatic(OpenVINOMethod):
@@ -38,9 +34,7 @@ class OVStatic(OpenVINOMethod):
     )
     schema = Schema(
         (
-            Param("dataset", "str", "pydoc-topics",
-                  help="Calibration text: pydoc-topics, file:PATH or hub:NAME[/CONFIG] (samples from its "
-                       "calibration part, never the evaluation windows)."),
+            dataset_param(),
             Param("num_samples", "int", 32, minimum=1, maximum=4096,
                   help="Calibration samples (causal LMs: of the run's calib_seq_len tokens; encoders: of "
                        f"{ENCODER_SEQ_LEN} tokens). NNCF's default subset is 300; optimum-intel's 128."),
@@ -53,7 +47,7 @@ class OVStatic(OpenVINOMethod):
                   help="Fast bias correction (one pass) instead of the full algorithm (slower, layer by layer)."),
             precision_param(),
         ),
-        checks=(Check(("dataset",), _check_source),),
+        checks=(dataset_check(),),
     )
 
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:

@@ -29,7 +29,8 @@ from ...data.text import source_error
 from ...errors import ParamError
 from ...params import Check, Param, Schema
 from ..layers import group_size_error
-from .common import OpenVINOMethod, calibration_texts, precision_param, probe_values
+from ..calibration import calibration_texts
+from .common import OpenVINOMethod, precision_param, probe_values
 
 DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
 # Sensitivity metrics that work without activations (NNCF: the others need a dataset).

@@ -1,0 +1,169 @@
+"""What the ONNX Runtime methods share: the base class, the CPU presets, operator lists,
+layer exclusion by module name, and turning a quantized graph into a `Built`.
+
+Torch-free and ONNX-free at import: the libraries are imported in the worker only.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ...errors import ParamError
+from ...params import Param
+from ..base import Built, Method
+from ..layers import few
+
+# optimum's AutoQuantizationConfig presets: the instruction set the int8 kernels target.
+# avx512_vnni and arm64 use s8 weights and u8 activations with reduce_range off (hard-coded);
+# avx2 / avx512 use u8 weights and accept reduce_range (7-bit weights, for CPUs without VNNI,
+# where u8 x s8 products can saturate the 16-bit accumulation of VPMADDUBSW).
+PRESETS = ("avx512_vnni", "avx512", "avx2", "arm64")
+REDUCE_RANGE_PRESETS = ("avx512", "avx2")
+
+# What ORTQuantizer quantizes (onnxruntime 1.32's registries, as optimum 2.1 passes them).
+DYNAMIC_OPERATORS = ("MatMul", "Gather", "Attention", "Transpose", "EmbedLayerNormalization", "Conv", "LSTM")
+STATIC_OPERATORS = ("MatMul", "Gather", "Gemm", "Conv", "ConvTranspose", "Clip", "Relu", "Reshape", "Transpose",
+                    "Squeeze", "Unsqueeze", "Flatten", "Resize", "MaxPool", "AveragePool", "Slice", "Pad", "Split",
+                    "GatherElements", "Where", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+                    "TopK", "CumSum")
+
+
+def preset_param() -> Param:
+    return Param(
+        "preset", "choice", "avx512_vnni", choices=PRESETS,
+        help="optimum's CPU preset (AutoQuantizationConfig): avx512_vnni (Intel since Cascade Lake, AMD Zen 4; "
+             "s8 weights) | avx512 / avx2 (older x86: u8 weights, reduce_range available) | arm64 (NEON dot "
+             "product). The graph runs anywhere; the preset decides the integer formats.",
+    )
+
+
+def reduce_range_param() -> Param:
+    return Param(
+        "reduce_range", "bool", False, visible_when={"preset": REDUCE_RANGE_PRESETS},
+        help="7-bit weights (avx2 / avx512 only): avoids the 16-bit saturation of u8 x u8 products on CPUs "
+             "without VNNI, at some accuracy cost. The other presets hard-code it off.",
+    )
+
+
+def per_channel_param(default: bool = True) -> Param:
+    return Param(
+        "per_channel", "bool", default,
+        help="One weight scale per output channel (else one per tensor). Dynamic int8 on MiniLM: cosine "
+             "0.992 per channel, 0.959 per tensor.",
+    )
+
+
+def exclude_param(default: Sequence[str] = (), extra: str = "") -> Param:
+    return Param(
+        "exclude", "list", list(default),
+        help="Linear layers left in fp32, as fnmatch patterns on the module name (e.g. '*.down_proj', "
+             "'encoder.layer.0.*', 'lm_head'); they become ORT's nodes_to_exclude (the exported MatMul "
+             "of each module). " + extra,
+    )
+
+
+def operators_check(allowed: Sequence[str]) -> Any:
+    def check(v: Mapping[str, Any]) -> str | None:
+        ops = v["operators"]
+        if not ops:
+            return f"operators: empty; allowed: a list of {', '.join(allowed)}"
+        bad = [o for o in ops if o not in allowed]
+        if bad:
+            return f"operators: {', '.join(bad)} cannot be quantized by ORTQuantizer here; allowed: {', '.join(allowed)}"
+        return None
+
+    return check
+
+
+def excluded_modules(patterns: Sequence[str], layers: Mapping[str, Any]) -> list[str]:
+    """The Linear modules matched by any of `patterns`."""
+    return [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def exclude_errors(patterns: Sequence[str], default: Sequence[str], layers: Mapping[str, Any],
+                   model_name: str) -> list[ParamError]:
+    """A pattern that matches no Linear layer is a typo, unless it is one of the method's defaults
+    (which name layers of several architectures at once)."""
+    if not layers:
+        return []
+    out = []
+    for p in patterns:
+        if p in default:
+            continue
+        if not any(fnmatch.fnmatchcase(n, p) for n in layers):
+            out.append(ParamError("exclude", f"pattern {p!r} matches none of the {len(layers)} linear layers of "
+                                             f"{model_name}; patterns match the full module name, e.g. "
+                                             f"{few(list(layers), 3)}"))
+    if patterns and layers and len(excluded_modules(patterns, layers)) == len(layers):
+        out.append(ParamError("exclude", f"exclude={list(patterns)} leaves no linear layer to quantize"))
+    return out
+
+
+class ORTMethod(Method):
+    """Base of the methods that run through ONNX Runtime (optimum-onnx export, CPU provider)."""
+
+    backend = "onnxruntime"
+    env = "onnx"
+    requires = ("optimum-onnx", "onnxruntime", "onnx", "optimum", "torch", "transformers")
+    install_hint = "workbench env create onnx (optimum-onnx 0.1, onnxruntime 1.32, transformers 4.57)"
+    devices = ("cpu",)
+    model_kinds = ("causal-lm", "encoder")
+    # Defaults of `exclude` that may match nothing on a given architecture.
+    default_exclude: tuple[str, ...] = ()
+
+    # --- kernel side -------------------------------------------------------
+    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
+        p, errors = self.schema.errors(params)
+        if errors or "exclude" not in p:
+            return []
+        return exclude_errors(p["exclude"], self.default_exclude, getattr(model, "linear_layers", None) or {},
+                              getattr(model, "name", "this model"))
+
+    # --- worker side -------------------------------------------------------
+    def exclude_nodes(self, ctx: Any, patterns: Sequence[str], model_file: Path) -> tuple[list[str], list[str]]:
+        """ORT node names of the Linear modules matched by `patterns`, and a note per pattern
+        whose modules have no MatMul of the expected name in the graph (named differently by
+        the exporter)."""
+        from . import runtime
+
+        modules = excluded_modules(patterns, ctx.model_info.linear_layers or {})
+        if not modules:
+            return [], []
+        nodes, missing = runtime.nodes_for_modules(modules, runtime.node_names(model_file))
+        notes = [f"exclude: no ONNX MatMul named after {few(missing, 4)} in the export; not excluded"] if missing else []
+        return nodes, notes
+
+    def finish(self, ctx: Any, directory: Path, file_name: str, exported: Any, *, quantize_s: float,
+               notes: list[str], what: str, reference_tolerance: float | None = None) -> Built:
+        """Load the graph in an ORT session (timed apart), count what it holds, describe the run."""
+        from . import runtime
+
+        stats = runtime.graph_stats(runtime.read_graph(directory / file_name))
+        # Eligible layers are counted on the fp32 export, the same for every ORT method.
+        eligible = runtime.graph_stats(runtime.read_graph(exported.model_file)).layers
+        ctx.progress("session", None, "creating the ONNX Runtime session (graph optimizations)")
+        model, session_s = runtime.load(ctx.model_info.kind, directory, file_name, ctx.spec.bench.threads)
+        metrics: dict[str, float] = {"session_s": session_s, "quantize_s": quantize_s, "load_s": 0.0}
+        if exported.export_s is not None:
+            metrics["export_s"] = exported.export_s
+        lines = [stats.describe()]
+        if stats.fp_names and stats.layers_quantized:
+            lines.append(f"left in fp32: {few(stats.fp_names, 5)}")
+        return Built(
+            model=model,
+            layers_quantized=stats.layers_quantized,
+            layers_eligible=eligible,
+            kernel=f"ONNX Runtime {what}, CPUExecutionProvider",
+            weights_bytes=stats.initializer_bytes,
+            save=lambda path: runtime.save(directory, file_name, Path(path)),
+            reference_tolerance=reference_tolerance,
+            metrics=metrics,
+            notes=list(exported.notes) + notes + lines,
+        )
+
+    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+        from . import runtime
+
+        model, _ = runtime.load(ctx.model_info.kind, Path(path), runtime.MODEL_FILE, ctx.spec.bench.threads)
+        return model
