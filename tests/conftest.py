@@ -40,6 +40,12 @@ requires_torch_env = pytest.mark.skipif(
 )
 
 
+requires_onnx_env = pytest.mark.skipif(
+    not __import__("workbench.envs.manager", fromlist=["status"]).status("onnx").ready,
+    reason="the onnx environment is not created (make setup / workbench env create onnx)",
+)
+
+
 requires_openvino_env = pytest.mark.skipif(
     not __import__("workbench.envs.manager", fromlist=["status"]).status("openvino").ready,
     reason="the openvino environment is not created (make setup / workbench env create openvino)",

@@ -430,3 +430,29 @@ __all__ = [
     "latency_per_batch", "memory_per_batch", "layers_text", "pareto_front", "params_text", "pick_accuracy", "results_frame",
     "summary_table", "throughput_per_batch", "tokens_per_s_per_length",
 ]
+
+
+# Colours of the calibration range choices (teach.observers names; ORT's calibrators as "ort-...").
+RANGE_COLORS = {"minmax": "#d62728", "moving-average": "#ff7f0e", "percentile": "#2ca02c", "mse": "#1f77b4",
+                "entropy": "#9467bd"}
+
+
+def ranges_on_histogram(x: Any, ranges: Mapping[str, Any], title: str, bins: int = 300) -> go.Figure:
+    """A histogram of the activation values `x` (log counts) with each calibration range drawn as
+    two dashed lines. `ranges`: name -> an object with `.lo` / `.hi` (`teach.observers.Range`) or
+    a (lo, hi) pair (e.g. `teach.tensors.ort_ranges`)."""
+    import numpy as np
+
+    values = np.asarray(x, dtype=np.float32).ravel()
+    fig = go.Figure(go.Histogram(x=values, nbinsx=bins, name="activations", marker_color="#9aa5b1"))
+    palette = _colors()
+    for i, (name, r) in enumerate(ranges.items()):
+        lo, hi = (r.lo, r.hi) if hasattr(r, "lo") else r
+        color = RANGE_COLORS.get(name.removeprefix("ort-"), palette[i % len(palette)])
+        for j, edge in enumerate((float(lo), float(hi))):
+            fig.add_vline(x=edge, line_color=color, line_dash="dot" if name.startswith("ort-") else "dash",
+                          annotation_text=_esc(name) if j else None, annotation_position="top",
+                          annotation_y=1 - 0.07 * i, annotation_yref="paper")
+    fig.update_layout(title=_esc(title), yaxis_type="log", xaxis_title="activation value",
+                      yaxis_title="count (log)", height=380, showlegend=False)
+    return fig

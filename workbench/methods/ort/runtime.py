@@ -62,7 +62,7 @@ def library_versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- config differences
 
 
-def harmonize_config(config: dict, seen: Any) -> tuple[dict, list[str]]:
+def harmonize_config(config: dict, seen: Any, reader: str = "this transformers") -> tuple[dict, list[str]]:
     """config.json as transformers 4.57 must read it to build the same model as transformers 5.
 
     `config` is the checkpoint's config.json; `seen` is what this transformers made of it
@@ -80,16 +80,15 @@ def harmonize_config(config: dict, seen: Any) -> tuple[dict, list[str]]:
     have = getattr(seen, "rope_theta", None)
     if theta is not None and (have is None or float(have) != float(theta)):
         fixed["rope_theta"] = theta
-        notes.append(f"config: rope_parameters.rope_theta={theta} but transformers "
-                     f"{_transformers_version()} reads rope_theta={have}; exported with rope_theta={theta}")
+        notes.append(f"config: rope_parameters.rope_theta={theta} but {reader} reads rope_theta={have}; "
+                     f"exported with rope_theta={theta}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in (None, "default"):
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
         scaling.setdefault("rope_type", rope_type)
         if getattr(seen, "rope_scaling", None) != scaling:
             fixed["rope_scaling"] = scaling
-            notes.append(f"config: rope_parameters type {rope_type!r} written as rope_scaling={scaling} for "
-                         f"transformers {_transformers_version()}")
+            notes.append(f"config: rope_parameters type {rope_type!r} written as rope_scaling={scaling} for {reader}")
     return fixed, notes
 
 
@@ -105,7 +104,8 @@ def staged_source(source: Path, staging: Path, fix_config: bool) -> tuple[Path, 
     from transformers import AutoConfig
 
     config = json.loads((source / "config.json").read_text())
-    fixed, notes = harmonize_config(config, AutoConfig.from_pretrained(str(source)))
+    fixed, notes = harmonize_config(config, AutoConfig.from_pretrained(str(source)),
+                                    reader=f"transformers {_transformers_version()}")
     if not notes:
         return source, []
     if not fix_config:

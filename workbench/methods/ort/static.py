@@ -160,14 +160,16 @@ def calibration_config(dataset: Any, p: Mapping[str, Any]) -> Any:
     return AutoCalibrationConfig.percentiles(dataset, percentile=p["percentile"], **kw)
 
 
-def calibrate(ctx: Any, exported: Any, texts: list[str], p: Mapping[str, Any], qconfig: Any) -> tuple[Any, Any]:
-    """Run ORT's calibrator over the texts one sample at a time; (quantizer, TensorsData ranges)."""
+def calibrate(ctx: Any, exported: Any, texts: list[str], p: Mapping[str, Any], qconfig: Any,
+              seq_len: int = SEQ_LEN) -> tuple[Any, Any]:
+    """Run ORT's calibrator over the texts (each truncated to `seq_len` tokens) one sample at a
+    time; (quantizer, TensorsData ranges)."""
     from datasets import Dataset
     from optimum.onnxruntime import ORTQuantizer
 
     from . import runtime
 
-    encoded = ctx.tokenizer()(texts, truncation=True, max_length=SEQ_LEN)
+    encoded = ctx.tokenizer()(texts, truncation=True, max_length=seq_len)
     dataset = Dataset.from_dict(dict(encoded))
     config = calibration_config(dataset, p)
     # method=None makes partial_fit reuse the calibrator it created on the first call (optimum 2.1).
