@@ -28,7 +28,8 @@ EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
 
 # The default comparison: the reference, int8 per-channel, and int4 g64 both ways.
 # One configuration per family a CPU user would weigh: PyTorch fp32, the reference int4, the
-# torch-side int8 and 4-bit, and OpenVINO's runtime alone, int8 and int4 (all data-free).
+# torch-side int8 and 4-bit, OpenVINO's runtime alone, int8 and int4, and ONNX Runtime's 4-bit
+# MatMulNBits (all data-free).
 DEFAULT_COMPARISON = (
     "baseline",
     "rtn:bits=4,group_size=64,sym=false",
@@ -37,6 +38,7 @@ DEFAULT_COMPARISON = (
     "ov-export",
     "ov-weight:bits=8",
     "ov-weight:bits=4,group_size=64",
+    "ort-int4",
 )
 # For pipelines (diffusion, speech-to-text, vision-language) only the OpenVINO methods apply.
 PIPELINE_COMPARISON = ("ov-export", "ov-hybrid", "ov-hybrid:bits=4,group_size=32")

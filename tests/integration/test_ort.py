@@ -63,8 +63,13 @@ def test_tiny_llama_export_dynamic_and_int4_run_generate_and_reload(session):
     assert dyn.layers_quantized == dyn.layers_eligible == 15  # the tied lm_head re-quantizes the int8 table
     assert dyn.metrics["weights_bytes"] < 0.4 * fp32.metrics["weights_bytes"]
     assert "dynamic int8" in dyn.kernel and 0 < dyn.metrics["kl_div"] < 0.5
-    head = run(session, "tiny-llama", "ort-int4", {"exclude": ["*.down_proj"]}, data=TINY)
+    # A module pattern and an ONNX node name, together.
+    head = run(session, "tiny-llama", "ort-int4",
+               {"exclude": ["model.layers.1.*.down_proj", "/model/layers.0/mlp/down_proj/MatMul"]}, data=TINY)
     assert head.layers_quantized == 15 - 2 - 1  # down_proj of 2 layers excluded; the tied lm_head stays fp32
+    bad = session.submit(session.make_spec("tiny-llama", "ort-int4", {"exclude": ["/model/nope/MatMul"]},
+                                           bench=NO_SAVE, data=TINY))
+    assert bad.status is RunStatus.INVALID and "no node named /model/nope/MatMul" in bad.error
     full = run(session, "tiny-llama", "ort-int4", {"lm_head": "int8", "embedding": True, "block_size": 16},
                data=TINY)
     assert full.layers_quantized == 15 and any("untied" in n for n in full.notes)

@@ -102,6 +102,7 @@ def test_exclude_patterns_are_checked_against_the_model_layers():
     assert errors(ORTDynamic, {"exclude": ["*.down_proj"]}, smol) == []
     (param, msg), = errors(ORTDynamic, {"exclude": ["*.down_prj"]}, smol)
     assert param == "exclude" and "'*.down_prj' matches none of the 211" in msg and "q_proj" in msg
+    assert errors(ORTDynamic, {"exclude": ["/model/layers.0/mlp/down_proj/MatMul"]}, smol) == []  # a node name
     (param, msg), = errors(ORTInt4, {"exclude": ["*"]}, smol)
     assert param == "exclude" and "leaves no linear layer" in msg
     # The static default names BERT's and Llama's FFN output projections: one of them always matches nothing.

@@ -59,7 +59,7 @@ def exclude_param(default: Sequence[str] = (), extra: str = "") -> Param:
         "exclude", "list", list(default),
         help="Linear layers left in fp32, as fnmatch patterns on the module name (e.g. '*.down_proj', "
              "'encoder.layer.0.*', 'lm_head'); they become ORT's nodes_to_exclude (the exported MatMul "
-             "of each module). " + extra,
+             "of each module). An entry starting with '/' is an ONNX node name, passed as it is. " + extra,
     )
 
 
@@ -89,13 +89,13 @@ def exclude_errors(patterns: Sequence[str], default: Sequence[str], layers: Mapp
         return []
     out = []
     for p in patterns:
-        if p in default:
+        if p in default or p.startswith("/"):  # "/...": an ONNX node name, checked against the graph
             continue
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
             out.append(ParamError("exclude", f"pattern {p!r} matches none of the {len(layers)} linear layers of "
                                              f"{model_name}; patterns match the full module name, e.g. "
                                              f"{few(list(layers), 3)}"))
-    if patterns and layers and len(excluded_modules(patterns, layers)) == len(layers):
+    if layers and len(excluded_modules(patterns, layers)) == len(layers):
         out.append(ParamError("exclude", f"exclude={list(patterns)} leaves no linear layer to quantize"))
     return out
 
@@ -122,17 +122,25 @@ class ORTMethod(Method):
 
     # --- worker side -------------------------------------------------------
     def exclude_nodes(self, ctx: Any, patterns: Sequence[str], model_file: Path) -> tuple[list[str], list[str]]:
-        """ORT node names of the Linear modules matched by `patterns`, and a note per pattern
-        whose modules have no MatMul of the expected name in the graph (named differently by
-        the exporter)."""
+        """ORT node names for `exclude`: the MatMuls of the Linear modules matched by its patterns,
+        and its entries starting with '/' (node names as they are), with a note for modules whose
+        MatMul the exporter named differently. A node name not in the graph is an error."""
+        from ...errors import InvalidParams
         from . import runtime
 
-        modules = excluded_modules(patterns, ctx.model_info.linear_layers or {})
-        if not modules:
+        raw = [p for p in patterns if p.startswith("/")]
+        modules = excluded_modules([p for p in patterns if not p.startswith("/")], ctx.model_info.linear_layers or {})
+        if not modules and not raw:
             return [], []
-        nodes, missing = runtime.nodes_for_modules(modules, runtime.node_names(model_file))
+        graph_nodes = runtime.node_names(model_file)
+        unknown = sorted(set(raw) - set(graph_nodes))
+        if unknown:
+            examples = few([n for n in graph_nodes if n.endswith("/MatMul")], 3)
+            raise InvalidParams([ParamError("exclude", f"no node named {few(unknown, 3)} in the ONNX export; "
+                                                       f"MatMul nodes look like {examples}")], self.name)
+        nodes, missing = runtime.nodes_for_modules(modules, graph_nodes)
         notes = [f"exclude: no ONNX MatMul named after {few(missing, 4)} in the export; not excluded"] if missing else []
-        return nodes, notes
+        return sorted(set(nodes) | set(raw)), notes
 
     def finish(self, ctx: Any, directory: Path, file_name: str, exported: Any, *, quantize_s: float,
                notes: list[str], what: str, reference_tolerance: float | None = None) -> Built:
