@@ -148,12 +148,16 @@ def compute_reference(spec: RunSpec, model_info: Any) -> dict:
         return ref
 
 
-def _reference_interpreter() -> tuple[str, dict[str, str] | None]:
-    """The baseline is the model as the `torch` environment's transformers builds it, whichever
-    environment asked: the `onnx` family's transformers 4.57 reads some transformers-5 configs
-    differently (RoPE settings), and a reference computed there would hide exactly that."""
+def _reference_interpreter(kind: str) -> tuple[str, dict[str, str] | None]:
+    """The baseline of a causal LM or encoder is the model as the `torch` environment's
+    transformers builds it, whichever environment asked: the `onnx` family's transformers 4.57
+    reads some transformers-5 configs differently (RoPE settings), and a reference computed there
+    would hide exactly that. Pipelines keep the asking environment's (diffusers is in `openvino`)."""
     from .envs import manager
+    from .models.catalog import PIPELINE_KINDS
 
+    if kind in PIPELINE_KINDS:
+        return sys.executable, None
     try:
         python = manager.python_for("torch")
     except WorkbenchError:
@@ -168,13 +172,14 @@ def ensure_reference_in_subprocess(spec: RunSpec) -> None:
     import subprocess
 
     from .measure import reference
+    from .models import catalog
 
     if reference.load_reference(spec.model, spec.data) is not None:
         return
     with tempfile.TemporaryDirectory(prefix="wb-ref-") as tmp:
         req = Path(tmp) / "request.json"
         req.write_text(json.dumps({"spec": spec.to_dict()}))
-        python, env = _reference_interpreter()
+        python, env = _reference_interpreter(catalog.describe(spec.model).kind)
         proc = subprocess.run([python, "-m", "workbench.worker", "--reference", str(req)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         if proc.returncode != 0:

@@ -13,11 +13,13 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-from ..conftest import requires_openvino_env, requires_torch_env  # noqa: E402
+from ..conftest import requires_onnx_env, requires_openvino_env, requires_torch_env  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 TIMINGS: dict[str, float] = {}
+# `make test` runs this file on two pytest-xdist workers, one per group: each worker has its own store,
+# and 05 reads the SmolLM2 runs 03 stored, so the SmolLM2 notebooks share a worker.
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,26 +73,33 @@ def test_the_notebook_set_is_complete():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
 
 
+@pytest.mark.xdist_group("smollm2")
 def test_quickstart_builds_the_app():
     nb = run_notebook("00-quickstart.ipynb")
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.xdist_group("smollm2")
 @requires_torch_env
 def test_quantization_math():
     text = "\n".join(outputs(run_notebook("01-quantization-math.ipynb")))
     assert "shape (576, 1536)" in text and "per channel" in text
 
 
+@pytest.mark.xdist_group("other")
 @requires_torch_env
+@requires_onnx_env
 def test_calibration():
     text = "\n".join(outputs(run_notebook("02-calibration.ipynb")))
     for observer in ("minmax", "moving-average", "percentile", "mse", "entropy"):
         assert observer in text
     assert "1024x1536" in text  # 8 samples x 128 tokens of real activations
+    for calibrator in ("ort-minmax", "ort-entropy", "ort-percentile"):  # ONNX Runtime's, on MiniLM
+        assert calibrator in text
 
 
+@pytest.mark.xdist_group("smollm2")
 @requires_torch_env
 @requires_openvino_env
 def test_weight_only_llm():
@@ -101,6 +110,7 @@ def test_weight_only_llm():
     assert "from hqq.core.quantize import" in text  # the exit ramp printed the library code
 
 
+@pytest.mark.xdist_group("other")
 @requires_torch_env
 @requires_openvino_env
 def test_static_int8():
@@ -110,6 +120,7 @@ def test_static_int8():
     assert set(runs.values()) == {"ok"}, runs
 
 
+@pytest.mark.xdist_group("smollm2")
 @requires_torch_env
 @requires_openvino_env
 def test_benchmark_tables():
@@ -118,6 +129,7 @@ def test_benchmark_tables():
     assert set(stored("smollm2-135m").values()) == {"ok"}
 
 
+@pytest.mark.xdist_group("other")
 @requires_torch_env
 def test_sweeps():
     text = "\n".join(outputs(run_notebook("06-sweeps.ipynb")))

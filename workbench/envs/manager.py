@@ -166,10 +166,13 @@ def site_packages(name: str) -> list[Path]:
     if st.python is None:
         return []
     if name == KERNEL or st.state == "external":
-        root = Path(st.python).resolve().parent.parent
-    else:
-        root = Path(st.path or "")
-    return sorted(root.glob("lib/python3*/site-packages"))
+        # A venv's bin/python links to the base interpreter: look beside the link first.
+        for root in (Path(st.python).absolute().parent.parent, Path(st.python).resolve().parent.parent):
+            found = sorted(root.glob("lib/python3*/site-packages"))
+            if found:
+                return found
+        return []
+    return sorted(Path(st.path or "").glob("lib/python3*/site-packages"))
 
 
 def installed(name: str) -> dict[str, str]:
