@@ -53,7 +53,7 @@ test: setup $(TORCH_ENV)/.test-deps
 	PYTHONPATH=$(CURDIR) $(TORCH_PY) -m pytest tests/torch -q -m "not slow" $(PYTEST_ARGS)
 	$(VENV)/bin/python -m pytest tests/integration -q -m "not slow" -n $(INTEGRATION_WORKERS) --dist loadfile --durations=12 $(PYTEST_ARGS)
 	$(VENV)/bin/python -m pytest tests/browser -q $(PYTEST_ARGS)
-	$(VENV)/bin/python -m pytest tests/notebooks -q -n 2 --dist loadgroup --durations=8 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests/notebooks -q -s $(PYTEST_ARGS)
 
 # The quickstart notebook as a standalone app (code hidden) on http://127.0.0.1:$(APP_PORT)/.
 # The preheated kernel has run the notebook before the page asks: widgets in ~5 s instead of ~13.

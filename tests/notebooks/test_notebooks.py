@@ -18,8 +18,9 @@ from ..conftest import requires_onnx_env, requires_openvino_env, requires_torch_
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 TIMINGS: dict[str, float] = {}
-# `make test` runs this file on two pytest-xdist workers, one per group: each worker has its own store,
-# and 05 reads the SmolLM2 runs 03 stored, so the SmolLM2 notebooks share a worker.
+# Sequential in `make test`. On two pytest-xdist workers (--dist loadgroup) the groups keep 05 with the
+# SmolLM2 runs 03 stored, but on 2 cores the two kernels' runs thrash: 11 min instead of 8, and 03 hit
+# the 10-minute cell timeout.
 
 
 @pytest.fixture(scope="module", autouse=True)
