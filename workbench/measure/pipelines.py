@@ -260,6 +260,10 @@ def seq_latency(kind: str, model: Any, inputs: dict, warmup: int, repeats: int) 
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
+    # One untimed call whatever `warmup` says: the first generate pays one-time costs (kernel selection,
+    # caches) that, with warmup=0 on a busy machine, made the 1-token time exceed the full one (no decode).
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False, **_generate_kwargs(kind, model))
     first = timed(1)
     full = timed(GEN_TOKENS)
     decode = (GEN_TOKENS - 1) / (full - first) if full > first else None
