@@ -11,8 +11,8 @@ export WORKBENCH_STORE ?= $(CURDIR)/results/workbench.sqlite
 WB := $(VENV)/bin/workbench
 TORCH_ENV := $(WORKBENCH_HOME)/envs/torch
 TORCH_PY := $(TORCH_ENV)/bin/python
-OV_ENV := $(WORKBENCH_HOME)/envs/openvino
-ORT_ENV := $(WORKBENCH_HOME)/envs/onnx
+# The backend environment families (workbench/envs/NAME.txt): `make setup` creates them all.
+ENVS := torch openvino onnx llmcompressor
 PYTEST_ARGS ?=
 # The integration tests mostly wait on worker processes (imports, exports, single-threaded
 # tracing): two pytest workers, each file kept on one (module fixtures, tests that read the
@@ -28,22 +28,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[ui,test]'
 	touch $@
 
-$(TORCH_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/torch.txt workbench/envs/torch-nodeps.txt
-	$(WB) env create torch
-
-$(OV_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/openvino.txt workbench/envs/openvino-nodeps.txt
-	$(WB) env create openvino
-
-$(ORT_ENV)/workbench-env.json: $(VENV)/.installed workbench/envs/onnx.txt workbench/envs/onnx-nodeps.txt
-	$(WB) env create onnx
+$(WORKBENCH_HOME)/envs/%/workbench-env.json: $(VENV)/.installed workbench/envs/%.txt workbench/envs/%-nodeps.txt
+	$(WB) env create $*
 
 $(TORCH_ENV)/.test-deps: $(TORCH_ENV)/workbench-env.json
 	$(TORCH_PY) -m pip install -q --disable-pip-version-check pytest pytest-timeout
 	touch $@
 
-# The backend environments are independent: pip installs them side by side (3 at once: 2 min, not 4).
+# The backend environments are independent: pip installs them side by side (about 3.5 min for all).
 setup: $(VENV)/.installed
-	$(MAKE) --no-print-directory -j3 $(TORCH_ENV)/workbench-env.json $(OV_ENV)/workbench-env.json $(ORT_ENV)/workbench-env.json
+	$(MAKE) --no-print-directory -j$(words $(ENVS)) $(foreach e,$(ENVS),$(WORKBENCH_HOME)/envs/$(e)/workbench-env.json)
 
 demo: setup
 	$(WB) compare --model smollm2-135m --report results/report.html

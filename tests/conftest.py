@@ -29,27 +29,18 @@ def fault_method():
     registry.unregister(FaultMethod.name)
 
 
-def torch_env_ready() -> bool:
+def requires_env(name: str) -> pytest.MarkDecorator:
+    """Skip unless the environment family `name` is created (make setup creates every family)."""
     from workbench.envs import manager
 
-    return manager.status("torch").ready
+    return pytest.mark.skipif(not manager.status(name).ready,
+                              reason=f"the {name} environment is not created (make setup / workbench env create {name})")
 
 
-requires_torch_env = pytest.mark.skipif(
-    not torch_env_ready(), reason="the torch environment is not created (make setup / workbench env create torch)"
-)
-
-
-requires_onnx_env = pytest.mark.skipif(
-    not __import__("workbench.envs.manager", fromlist=["status"]).status("onnx").ready,
-    reason="the onnx environment is not created (make setup / workbench env create onnx)",
-)
-
-
-requires_openvino_env = pytest.mark.skipif(
-    not __import__("workbench.envs.manager", fromlist=["status"]).status("openvino").ready,
-    reason="the openvino environment is not created (make setup / workbench env create openvino)",
-)
+requires_torch_env = requires_env("torch")
+requires_onnx_env = requires_env("onnx")
+requires_openvino_env = requires_env("openvino")
+requires_llmcompressor_env = requires_env("llmcompressor")
 
 
 def python_has_torch() -> bool:

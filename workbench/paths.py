@@ -31,6 +31,11 @@ def subdir(name: str) -> Path:
     return path
 
 
+def checkpoint_dir(method: str, key: str) -> Path:
+    """Where a run that keeps its quantized checkpoint writes it (never a path taken from a spec)."""
+    return subdir("checkpoints") / f"{method}-{key[:16]}"
+
+
 def store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The results store: the explicit path, else `$WORKBENCH_STORE`, else results/workbench.sqlite."""
     if explicit:

@@ -10,6 +10,7 @@ environment must exist and hold the distributions it `requires`.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -127,11 +128,20 @@ def load_target(target: str) -> type[Method]:
     return _validate(obj, target)
 
 
+def cuda_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, checked without torch."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
 def unavailable_reason(ref: MethodRef) -> str | None:
-    """Why the method cannot run here (environment or library missing), or None. Torch-free."""
+    """Why the method cannot run here (environment or library missing, or a GPU-only method on a
+    machine without one), or None. Torch-free."""
     cls = ref.cls
     if getattr(cls, "load_error", None):
         return str(cls.load_error)
+    if "cpu" not in cls.devices and "cuda" in cls.devices and not cuda_present():
+        why = getattr(cls, "cuda_only_reason", "") or "its kernels need CUDA"
+        return f"runs only on an NVIDIA GPU ({why}); this machine has none"
     st = envs.status(cls.env) if cls.env == envs.KERNEL or cls.env in envs.FAMILIES else None
     if st is None:
         return f"unknown environment family {cls.env!r}"

@@ -20,6 +20,7 @@ from . import registry
 from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
 from .exec import Executor, Progress, get_executor
 from .paths import store_path
+from .registry import cuda_present
 from .result import RunResult, RunStatus
 from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec
 from .store import ResultStore
@@ -44,11 +45,6 @@ _BENCH_LIMITS = {
     "memory_limit_mb": (64, 10_000_000),
 }
 _BENCH_LISTS = ("batch_sizes", "prompt_lengths", "generate_batch_sizes")
-
-
-def cuda_present() -> bool:
-    """Whether this machine has an NVIDIA GPU, checked without torch."""
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
 def spec_field_errors(spec: RunSpec) -> list[ParamError]:

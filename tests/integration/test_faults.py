@@ -38,6 +38,8 @@ def test_crashes_are_stored_with_status_and_message(session, mode, status, text)
 def test_timeout_kills_the_worker_group(session):
     r = run(session, "hang", params={"seconds": 60}, timeout_s=2)
     assert r.status is RunStatus.TIMEOUT and "2 s" in r.error
+    # how far it got: the worker's last progress event
+    assert "it had got to: build 50% (about to hang)" in r.error
     assert r.duration_s < 30
 
 

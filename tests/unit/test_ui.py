@@ -39,8 +39,14 @@ def model_for(method: str) -> str:
 @pytest.mark.parametrize("method", ALL)
 def test_every_method_form_is_generated_and_its_defaults_validate(app, method):
     app.select(model=model_for(method), method=method)
-    schema = registry.get(method).cls.schema
+    cls = registry.get(method).cls
+    schema = cls.schema
     assert set(app.form.inputs) == set(schema.names)
+    if cls.required:  # no usable default (a checkpoint directory): named, and Run stays off
+        assert app.run_button.disabled
+        if "cpu" in cls.devices:  # (GPU-only loaders stop at the device first)
+            assert set(app.verdict.field_errors) == set(cls.required), app.verdict.field_errors
+        return
     assert app.verdict.field_errors == {}, app.verdict.field_errors
     assert schema.errors(app.params())[1] == []
     # Run is disabled only when the method is unavailable here, and then it says how to fix it.

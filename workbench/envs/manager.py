@@ -79,6 +79,12 @@ FAMILIES: dict[str, EnvFamily] = {
         "import torch, transformers, onnx, onnxruntime, onnx_ir, optimum.onnxruntime; "
         "from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer",
     ),
+    "llmcompressor": EnvFamily(
+        "llmcompressor",
+        "llm-compressor 0.14 oneshot (RTN, GPTQ, AWQ) into compressed-tensors checkpoints; the compressed-tensors "
+        "and AQLM loaders; transformers 5.17",
+        "import torch, transformers, compressed_tensors, llmcompressor, aqlm; from llmcompressor import oneshot",
+    ),
 }
 
 

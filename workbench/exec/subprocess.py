@@ -71,7 +71,8 @@ class SubprocessExecutor:
             with self._lock:
                 self._procs[spec.key] = proc
             tail: deque[str] = deque(maxlen=TAIL_LINES)
-            reader = threading.Thread(target=_read, args=(proc, tail, progress), daemon=True)
+            last: dict = {}
+            reader = threading.Thread(target=_read, args=(proc, tail, progress, last), daemon=True)
             reader.start()
             timed_out = False
             try:
@@ -91,9 +92,11 @@ class SubprocessExecutor:
             text_tail = "\n".join(tail)
             duration = time.time() - started
             if cancelled:
-                return _failure(spec, RunStatus.CANCELLED, "cancelled by the user", text_tail, started, duration)
+                return _failure(spec, RunStatus.CANCELLED, "cancelled by the user" + _how_far(last),
+                                text_tail, started, duration)
             if timed_out:
-                return _failure(spec, RunStatus.TIMEOUT, f"the worker did not finish within {timeout:g} s and was killed",
+                return _failure(spec, RunStatus.TIMEOUT,
+                                f"the worker did not finish within {timeout:g} s and was killed" + _how_far(last),
                                 text_tail, started, duration)
             if out.exists() and proc.returncode == 0:
                 result = RunResult.from_json(out.read_text())
@@ -103,21 +106,32 @@ class SubprocessExecutor:
             return _failure(spec, *_classify(proc.returncode, text_tail), text_tail, started, duration)
 
 
-def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None) -> None:
+def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None, last: dict) -> None:
     from ..worker import PROGRESS_PREFIX
 
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
         if line.startswith(PROGRESS_PREFIX):
-            if progress is not None:
-                try:
-                    ev = json.loads(line[len(PROGRESS_PREFIX):])
+            try:
+                ev = json.loads(line[len(PROGRESS_PREFIX):])
+                last.clear()
+                last.update(ev)
+                if progress is not None:
                     progress(ev.get("stage", ""), ev.get("fraction"), ev.get("message", ""))
-                except Exception:  # noqa: BLE001 - a broken progress line or callback must not kill the run
-                    pass
+            except Exception:  # noqa: BLE001 - a broken progress line or callback must not kill the run
+                pass
             continue
         tail.append(line)
+
+
+def _how_far(last: dict) -> str:
+    """'; it had got to: quantize 40% (model.layers.12)' from the worker's last progress event."""
+    if not last.get("stage"):
+        return ""
+    frac = last.get("fraction")
+    where = f"{last['stage']}" + (f" {frac:.0%}" if isinstance(frac, (int, float)) else "")
+    return f"; it had got to: {where}" + (f" ({last['message']})" if last.get("message") else "")
 
 
 def _classify(returncode: int | None, tail: str) -> tuple[RunStatus, str]:

@@ -73,6 +73,9 @@ class Method(ABC):
     model_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "encoder")
     # False for methods that leave the weights as they are (the baseline).
     quantizes: ClassVar[bool] = True
+    # Parameters without a usable default, which the user must give (a checkpoint's directory):
+    # with the defaults alone, validation names them and the form keeps Run disabled.
+    required: ClassVar[tuple[str, ...]] = ()
 
     def is_reference(self, params: Mapping[str, Any]) -> bool:
         """True when this configuration *is* the fp32 PyTorch reference (the baseline in fp32):
