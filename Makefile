@@ -12,7 +12,7 @@ WB := $(VENV)/bin/workbench
 TORCH_ENV := $(WORKBENCH_HOME)/envs/torch
 TORCH_PY := $(TORCH_ENV)/bin/python
 # The backend environment families (workbench/envs/NAME.txt): `make setup` creates them all.
-ENVS := torch openvino onnx llmcompressor
+ENVS := torch openvino onnx gptq llmcompressor
 PYTEST_ARGS ?=
 # The integration tests mostly wait on worker processes (imports, exports, single-threaded
 # tracing): two pytest workers, each file kept on one (module fixtures, tests that read the

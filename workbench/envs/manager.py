@@ -79,6 +79,12 @@ FAMILIES: dict[str, EnvFamily] = {
         "import torch, transformers, onnx, onnxruntime, onnx_ir, optimum.onnxruntime; "
         "from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer",
     ),
+    "gptq": EnvFamily(
+        "gptq",
+        "GPTQModel 7.7 (GPTQ; CPU kernels for GPTQ and AWQ checkpoints) and AutoAWQ 0.2.9 (AWQ); transformers 5.23",
+        "import os; os.environ.setdefault('GPTQMODEL_CPU_WORKERS', '2'); import torch, transformers, gptqmodel, awq; "
+        "from gptqmodel import GPTQModel, QuantizeConfig; from awq import AutoAWQForCausalLM",
+    ),
     "llmcompressor": EnvFamily(
         "llmcompressor",
         "llm-compressor 0.14 oneshot (RTN, GPTQ, AWQ) into compressed-tensors checkpoints; the compressed-tensors "

@@ -112,9 +112,15 @@ def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None, l
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
-        if line.startswith(PROGRESS_PREFIX):
+        # A library's progress bar may have left its line unfinished ("\r" redraws, no newline):
+        # the event then starts mid-line, after the bar.
+        at = line.find(PROGRESS_PREFIX)
+        if at >= 0:
+            before = line[:at].rstrip("\r").strip()
+            if before:
+                tail.append(before)
             try:
-                ev = json.loads(line[len(PROGRESS_PREFIX):])
+                ev = json.loads(line[at + len(PROGRESS_PREFIX):])
                 last.clear()
                 last.update(ev)
                 if progress is not None:

@@ -22,6 +22,8 @@ from ..errors import ParamError
 from ..params import Param, Schema
 from .base import Built, Method
 
+# Libraries whose linear modules hold quantized weights.
+_QUANT_LIBRARIES = ("gptqmodel", "awq", "aqlm", "vptq", "spqr_quant")
 # Config fields that must agree between the checkpoint and the run's model.
 _SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
 
@@ -55,15 +57,18 @@ def load_checkpoint(ctx: Any, path: Path) -> Any:
 
 def count_quantized(model: Any) -> tuple[int, int, str]:
     """(layers quantized, Linear-like layers in all, the quantized modules' class names): a layer
-    counts as quantized when it carries a compressed-tensors scheme or is not a plain nn.Linear
-    where the architecture has one (AQLM's QuantizedLinear)."""
+    counts as quantized when it carries a compressed-tensors scheme or is a quantization library's
+    linear module (GPTQ / AWQ kernels, AQLM's QuantizedLinear)."""
     import torch
 
     quantized, eligible, kinds = 0, 0, set()
     for _, m in model.named_modules():
         scheme = getattr(m, "quantization_scheme", None)
         is_linear = isinstance(m, torch.nn.Linear)
-        replaced = not is_linear and type(m).__name__.endswith("QuantizedLinear")
+        # A quantization library's linear layer (GPTQModel's TorchAtenLinear / TorchInt8Linear, its AWQ
+        # kernels, AQLM's QuantizedLinear): named *Linear, defined in one of those libraries.
+        cls = type(m)
+        replaced = cls.__name__.endswith("Linear") and cls.__module__.split(".")[0] in _QUANT_LIBRARIES
         if is_linear or replaced:
             eligible += 1
         if scheme is not None or replaced:
