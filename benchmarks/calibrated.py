@@ -5,7 +5,7 @@ calibration set gives a lower perplexity than plain round-to-nearest (`rtn`). AW
 run by GPTQModel's CPU kernels) and llm-compressor's recipes (W8A8, W4A16 RTN / GPTQ, saved as
 compressed-tensors and reloaded) on the same windows. Each calibration run takes minutes here.
 
-    .venv/bin/python benchmarks/calibrated.py [--model smollm2-135m] [--store PATH] [--no-awq]
+    .venv/bin/python benchmarks/calibrated.py [--model smollm2-135m] [--store PATH] [--no-awq | --only METHOD...]
 """
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--store", default=None, help="default: a temporary store (every config runs)")
     ap.add_argument("--no-awq", action="store_true", help="leave out AWQ (the slowest, ~25 min here)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="METHOD",
+                    help="the baseline and these methods only (e.g. --only awq)")
     args = ap.parse_args()
     configs = CONFIGS + ([] if args.no_awq else [AWQ])
+    if args.only:
+        configs = [configs[0]] + [c for c in configs[1:] if c[0] in args.only]
     print_table(args.model, run_all(args.model, configs, store=args.store))
 
 

@@ -17,11 +17,12 @@ DECODE_BENCH = BenchSpec(batch_sizes=(1,), prompt_lengths=(32,), decode_tokens=3
 
 
 def run_all(model: str, configs: Sequence[tuple[str, dict[str, Any]]], *, store: str | None = None,
-            bench: BenchSpec = DECODE_BENCH) -> list[RunResult]:
+            bench: BenchSpec = DECODE_BENCH, device: str = "cpu") -> list[RunResult]:
     """Every configuration on `model`, forced (never from the store: ratios need one session)."""
     with tempfile.TemporaryDirectory() as tmp:
         session = Session(store=store or Path(tmp) / "bench.sqlite")
-        return [session.submit(session.make_spec(model, m, p, bench=bench), force=True) for m, p in configs]
+        return [session.submit(session.make_spec(model, m, p, bench=bench, device=device), force=True)
+                for m, p in configs]
 
 
 def print_table(model: str, rows: list[RunResult], *, claimed: bool = False) -> None:
