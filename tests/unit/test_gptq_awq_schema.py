@@ -10,14 +10,9 @@ import pytest
 from workbench.methods.awq import AWQ
 from workbench.methods.gptq import GPTQ
 
+from .schema_errors import errors
 from .test_rtn_schema import smollm2_like
 
-
-def errors(cls, params, model=None):
-    p, errs = cls.schema.errors(params)
-    if not errs and model is not None:
-        errs = cls().check_model(params, model)
-    return [(e.param, e.message) for e in errs]
 
 
 def smollm2(model_type="llama"):

@@ -15,17 +15,12 @@ from workbench.methods.llmcompressor import LLMCompressor, ignore_regex
 from workbench.methods.prequantized import (AQLM, HIGGS, VPTQ, CompressedTensors, SpQR, checkpoint_weight_bytes,
                                             quantization_config)
 
+from .schema_errors import errors
 from .test_rtn_schema import smollm2_like
 
 SMOL_CONFIG = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
                "vocab_size": 49152}
 
-
-def errors(cls, params, model=None):
-    p, errs = cls.schema.errors(params)
-    if not errs and model is not None:
-        errs = cls().check_model(params, model)
-    return [(e.param, e.message) for e in errs]
 
 
 def test_modules_import_no_backend():

@@ -14,15 +14,12 @@ from workbench.methods.openvino.export import OVExport
 from workbench.methods.openvino.static import OVStatic
 from workbench.methods.openvino.weight import OVWeight
 
+from . import schema_errors
 from .test_rtn_schema import smollm2_like
 
 
 def errors(params, model=None):
-    """(parameter, message) of every error: schema first, then the model's shapes."""
-    p, errs = OVWeight.schema.errors(params)
-    if not errs and model is not None:
-        errs = OVWeight().check_model(params, model)
-    return [(e.param, e.message) for e in errs]
+    return schema_errors.errors(OVWeight, params, model)
 
 
 def test_modules_import_neither_torch_nor_openvino():

@@ -13,6 +13,7 @@ from workbench.methods.ort.export import ORTExport
 from workbench.methods.ort.int4 import ORTInt4
 from workbench.methods.ort.static import ORTStatic
 
+from .schema_errors import errors
 from .test_rtn_schema import smollm2_like
 
 METHODS = (ORTExport, ORTDynamic, ORTStatic, ORTInt4)
@@ -28,13 +29,6 @@ def minilm_like() -> types.SimpleNamespace:
     layers["pooler.dense"] = (384, 384)
     return types.SimpleNamespace(linear_layers=layers, name="minilm-l6")
 
-
-def errors(cls, params, model=None):
-    """(parameter, message) of every error: schema first, then the model's layers."""
-    p, errs = cls.schema.errors(params)
-    if not errs and model is not None:
-        errs = cls().check_model(params, model)
-    return [(e.param, e.message) for e in errs]
 
 
 def test_modules_import_neither_torch_nor_onnx():
