@@ -39,6 +39,9 @@ def test_w8a8_and_w4a16_rtn_save_compressed_and_reload_to_the_same_perplexity(se
     fp32 = run(session, "baseline", {}, bench=NO_SAVE)
     w8 = run(session, "llmcompressor", {"scheme": "W8A8"})
     w4 = run(session, "llmcompressor", {"scheme": "W4A16", "group_size": 64, "ignore": ["lm_head", "*.down_proj"]})
+    fp8 = run(session, "llmcompressor", {"scheme": "FP8_DYNAMIC"})
+    assert fp8.layers_quantized == 14 and any("'float-quantized'" in n for n in fp8.notes), fp8.notes
+    assert fp8.metrics["reload_perplexity"] == pytest.approx(fp8.metrics["perplexity"], rel=1e-5)
     for r in (w8, w4):
         # the reload check: the saved checkpoint, loaded by plain transformers in a fresh worker,
         # gives the in-memory perplexity (else the status would be reload_mismatch)

@@ -56,6 +56,7 @@ def test_defaults():
     (AWQ, {"fuse_max_seq_len": 1024}, "fuse_max_seq_len", "only applies when do_fuse=true"),
     (AWQ, {"do_fuse": True, "fuse_max_seq_len": 8}, "fuse_max_seq_len", "[16, 32768]"),
     (AWQ, {"kernel": "gemv"}, "kernel", "set version=gemv"),
+    (AWQ, {"version": "gemv"}, "kernel", "cannot run GEMV checkpoints"),
     (AWQ, {"kernel": "marlin"}, "kernel", "set zero_point=false"),
     (AWQ, {"group_size": 4}, "group_size", "[8, inf]"),
     (AWQ, {"clip": "yes"}, "clip", "auto, on, off"),

@@ -144,6 +144,12 @@ def test_checkpoint_checks_name_what_is_wrong(tmp_path):
     for value, text in cases.items():
         errs = errors(CompressedTensors, {"checkpoint": value}, model_info())
         assert errs and errs[0][0] == "checkpoint" and text in errs[0][1], (value, errs)
+    sparse = write_checkpoint(tmp_path / "sparse")
+    config = json.loads((sparse / "config.json").read_text())
+    config["quantization_config"]["sparsity_config"] = {"format": "sparse-24-bitmask"}
+    (sparse / "config.json").write_text(json.dumps(config))
+    errs = errors(CompressedTensors, {"checkpoint": str(sparse)}, model_info())
+    assert errs and "sparse format 'sparse-24-bitmask'" in errs[0][1] and "compressed-tensors <= 0.14" in errs[0][1]
     aqlm = write_checkpoint(tmp_path / "aqlm", "aqlm")
     assert errors(AQLM, {"checkpoint": str(aqlm)}, model_info()) == []
 

@@ -46,6 +46,10 @@ def _check_fuse(v: Mapping[str, Any]) -> str | None:
 def _check_kernel(v: Mapping[str, Any]) -> str | None:
     if v["kernel"] == "gemv" and v["version"] != "gemv":
         return "kernel=gemv runs GEMV checkpoints: set version=gemv"
+    if v["version"] == "gemv" and v["kernel"] != "gemv":
+        # measured: GPTQModel raises "Unsupported backend: BACKEND.AWQ_TORCH_FUSED for METHOD.AWQ with FORMAT.GEMV"
+        return (f"kernel={v['kernel']} cannot run GEMV checkpoints (only GEMM); version=gemv runs with kernel=gemv, "
+                "which needs CUDA")
     if v["kernel"] == "marlin" and v["zero_point"]:
         return "kernel=marlin has no zero points: set zero_point=false"
     return None
@@ -71,7 +75,8 @@ class AWQ(Method):
                        "input dimension (SmolLM2: 32, 64 or 192, not 128)."),
             Param("zero_point", "bool", True, help="Asymmetric groups with a zero point (AWQ's usual choice)."),
             Param("version", "choice", "gemm", choices=("gemm", "gemv"),
-                  help="Packing layout: gemm (batched prefill, every kernel) or gemv (batch-1 decode kernel)."),
+                  help="Packing layout: gemm (batched prefill, every kernel) or gemv (batch-1 decode kernel: "
+                       "kernel=gemv only, CUDA)."),
             Param("clip", "choice", "auto", choices=("auto", "on", "off"),
                   help="Search clipping ranges for the weights after scaling (apply_clip). AutoAWQ's search needs "
                        "every quantized layer's output rows to be a multiple of 64: auto clips when they are "

@@ -172,6 +172,17 @@ class CompressedTensors(PreQuantized):
     description = ("Load a compressed-tensors checkpoint (int-quantized, pack-quantized, float-quantized: e.g. from "
                    "llm-compressor or the hub) and measure it against the run model.")
 
+    def checkpoint_error(self, checkpoint: str, model_config: Mapping[str, Any] | None) -> str | None:
+        err = super().checkpoint_error(checkpoint, model_config)
+        if err:
+            return err
+        sparsity = (quantization_config(Path(checkpoint).expanduser()) or {}).get("sparsity_config") or {}
+        if sparsity.get("format"):
+            return (f"{checkpoint} is stored in the sparse format {sparsity['format']!r}: compressed-tensors 0.19 "
+                    "removed the sparse compressors and transformers 5.17 fails on such checkpoints "
+                    "(AttributeError on config_groups); decompress it with compressed-tensors <= 0.14 first")
+        return None
+
     def kernel_text(self, qc: Mapping[str, Any], kinds: str) -> str:
         return (f"compressed-tensors {qc.get('format')!r}, decompressed to float32 on CPU at the first forward "
                 "(fake quantization)")
