@@ -109,8 +109,6 @@ class Session:
         Raises UnknownMethod / InvalidParams / ModelNotFound (exit code 2) or
         MethodUnavailable (exit code 4). Starts no worker, imports no torch.
         """
-        from .models import catalog
-
         ref = registry.get(spec.method)
         cls = ref.cls
         params, errors = cls.schema.errors(spec.params)

@@ -25,8 +25,8 @@ from typing import Any, Mapping
 from ..errors import ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
-from .calibration import calibration_texts, dataset_check
-from .gptq import calibration_param_group, in_directory, needs_dataset, shape_errors
+from .calibration import calibration_params, calibration_texts, dataset_check
+from .gptq import in_directory, needs_dataset, shape_errors
 from .layers import few, select_layers
 
 CHECKPOINT_DIR = "checkpoint"
@@ -81,7 +81,7 @@ class AWQ(Method):
                   help="Search clipping ranges for the weights after scaling (apply_clip). AutoAWQ's search needs "
                        "every quantized layer's output rows to be a multiple of 64: auto clips when they are "
                        "(SmolLM2) and says so when not (tiny-llama's 32-row k/v projections)."),
-            *calibration_param_group(32, 512),
+            *calibration_params(32, 512),
             Param("kernel", "choice", "torch_fused_awq", choices=tuple(KERNELS),
                   help="transformers' AwqConfig backend that runs the checkpoint (without do_fuse): torch_fused_awq "
                        "or torch_awq on CPU; gemm, gemv, exllama_v2, marlin need CUDA."),

@@ -26,6 +26,31 @@ def dataset_check() -> Check:
     return Check(("dataset",), check)
 
 
+def calibration_params(default_samples: int = 64, default_len: int = 512, **visible: Any) -> tuple[Param, ...]:
+    """`dataset`, `num_samples` and `seq_len`: the calibration set of the calibration-based methods
+    (`visible` becomes the sample parameters' visible_when)."""
+    when = dict(visible) or None
+    return (
+        dataset_param(),
+        Param("num_samples", "int", default_samples, minimum=1, maximum=4096, visible_when=when,
+              help="Calibration samples (from the calibration part of the text, never the evaluation windows)."),
+        Param("seq_len", "int", default_len, minimum=16, maximum=8192, visible_when=when,
+              help="Tokens per calibration sample."),
+    )
+
+
+def dataset_required(what: str = "a calibration-based method") -> str:
+    """The message for an empty `dataset` where calibration needs one."""
+    return f"dataset: {what} calibrates on text and needs a dataset; allowed: pydoc-topics, file:PATH, hub:NAME[/CONFIG]"
+
+
+def calibration_token_rows(ctx: Any, p: Mapping[str, Any]) -> list[list[int]]:
+    """The token ids of `p["num_samples"]` calibration samples of `p["dataset"]`, each cut to `p["seq_len"]`."""
+    texts = calibration_texts(ctx, p["dataset"], p["num_samples"], "num_samples", seq_len=p["seq_len"])
+    tok = ctx.tokenizer()
+    return [tok(t, add_special_tokens=False)["input_ids"][: p["seq_len"]] for t in texts]
+
+
 def calibration_texts(ctx: Any, source: str, num_samples: int, param: str, seq_len: int | None = None) -> list[str]:
     """`num_samples` calibration texts from the calibration part of `source` (never the evaluation part)."""
     ctx.progress("calibrate", None, f"{num_samples} calibration samples from {source}")

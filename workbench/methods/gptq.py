@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..errors import InvalidParams, ParamError
+from ..errors import ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
-from .calibration import calibration_texts, dataset_check, dataset_param
+from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import group_size_error, select_layers
 
 CHECKPOINT_DIR = "checkpoint"
@@ -45,20 +45,8 @@ KERNELS: dict[str, tuple[tuple[int, ...], bool]] = {
 CPU_DEFAULT = {4: "gptq_torch_aten", 8: "torch_int8", 2: "torch", 3: "torch"}
 
 
-def calibration_param_group(default_samples: int = 64, default_len: int = 512) -> tuple[Param, ...]:
-    """`dataset`, `num_samples` and `seq_len`: the calibration set of the calibration-based methods."""
-    return (
-        dataset_param(),
-        Param("num_samples", "int", default_samples, minimum=1, maximum=4096,
-              help="Calibration samples (from the calibration part of the text, never the evaluation windows)."),
-        Param("seq_len", "int", default_len, minimum=16, maximum=8192, help="Tokens per calibration sample."),
-    )
-
-
 def needs_dataset(v: Mapping[str, Any]) -> str | None:
-    if not v.get("dataset", "").strip():
-        return "dataset: a calibration-based method needs a dataset; allowed: pydoc-topics, file:PATH, hub:NAME[/CONFIG]"
-    return None
+    return None if v.get("dataset", "").strip() else dataset_required()
 
 
 def _check_kernel(v: Mapping[str, Any]) -> str | None:
@@ -68,17 +56,6 @@ def _check_kernel(v: Mapping[str, Any]) -> str | None:
     if v["kernel"] == "marlin" and not v["sym"]:
         return "kernel=marlin needs sym=true (it has no zero points)"
     return None
-
-
-def calibration_rows(ctx: Any, p: Mapping[str, Any]) -> list[dict[str, list[int]]]:
-    """Tokenized calibration samples ({"input_ids", "attention_mask"} each), cut to `seq_len` tokens."""
-    texts = calibration_texts(ctx, p["dataset"], p["num_samples"], "num_samples", seq_len=p["seq_len"])
-    tok = ctx.tokenizer()
-    rows = []
-    for t in texts:
-        ids = tok(t, add_special_tokens=False)["input_ids"][: p["seq_len"]]
-        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-    return rows
 
 
 @contextlib.contextmanager
@@ -124,7 +101,7 @@ class GPTQ(Method):
             Param("sym", "bool", True, help="Symmetric weights (no zero points; marlin needs it)."),
             Param("damp_percent", "float", 0.05, minimum=0.0, maximum=1.0,
                   help="Dampening: this fraction of the Hessian's mean diagonal is added to it before inverting."),
-            *calibration_param_group(),
+            *calibration_params(),
             Param("kernel", "choice", "default", choices=tuple(KERNELS),
                   help="The kernel the checkpoint runs with (transformers' GPTQConfig backend). default: on CPU "
                        "gptq_torch_aten for 4-bit, torch_int8 for 8-bit, torch for 2/3-bit; on CUDA GPTQModel's "
@@ -153,7 +130,7 @@ class GPTQ(Method):
 
         p = params
         source = ctx.model_dir()
-        rows = calibration_rows(ctx, p)
+        rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration_token_rows(ctx, p)]
         # GPTQModel's act_group_aware (its default reordering within groups) excludes desc_act and needs groups.
         group_aware = not p["desc_act"] and p["group_size"] > 0
         qcfg = QuantizeConfig(bits=p["bits"], group_size=p["group_size"], desc_act=p["desc_act"], sym=p["sym"],

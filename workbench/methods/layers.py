@@ -63,14 +63,17 @@ def group_sizes_dividing(in_dims: Iterable[int], limit: int = 8) -> list[int]:
     return [s for s in range(g, 7, -1) if s % 8 == 0 and g % s == 0][:limit]
 
 
-def selection_error(layers: Layers, include: list[str], exclude: list[str]) -> ParamError | None:
-    """An error on `include` when the patterns select no layer at all."""
+def selection_error(layers: Layers, include: list[str], exclude: list[str],
+                    exclude_param: str | None = None) -> ParamError | None:
+    """An error on `include` when the patterns select no layer at all (on `exclude_param` instead,
+    for methods whose only selection is a list of layers to leave out, e.g. llm-compressor's ignore)."""
     if select_layers(layers, include, exclude):
         return None
     names = list(layers)
+    what = f"{exclude_param}={exclude} leaves" if exclude_param else f"include={include} with exclude={exclude} selects"
     return ParamError(
-        "include",
-        f"include={include} with exclude={exclude} selects none of the {len(names)} linear layers; "
+        exclude_param or "include",
+        f"{what} none of the {len(names)} linear layers; "
         f"patterns match the full module name (e.g. '*.q_proj', '*mlp*'). Layers: {few(names, 4)}",
     )
 

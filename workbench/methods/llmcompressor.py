@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema
 from .base import Built, Method
-from .calibration import calibration_texts, dataset_check, dataset_param
+from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import few, group_size_error, select_layers, selection_error
 
 SCHEMES = ("W8A8", "W4A16", "W8A16", "FP8_DYNAMIC")
@@ -54,8 +54,7 @@ def _check_modifier(v: Mapping[str, Any]) -> str | None:
 
 def _check_dataset(v: Mapping[str, Any]) -> str | None:
     if v["modifier"] in ("gptq", "awq") and not v.get("dataset", "").strip():
-        return (f"dataset: modifier={v['modifier']} calibrates on text and needs a dataset: pydoc-topics, "
-                "file:PATH or hub:NAME[/CONFIG]")
+        return dataset_required(f"modifier={v['modifier']}")
     return None
 
 
@@ -96,12 +95,7 @@ class LLMCompressor(Method):
             Param("ignore", "list", ["lm_head"],
                   help="fnmatch patterns of Linear module names left unquantized (e.g. 'lm_head', "
                        "'*.down_proj'); passed to llm-compressor as 're:' regexes."),
-            dataset_param(),
-            Param("num_samples", "int", 64, minimum=1, maximum=4096,
-                  visible_when={"modifier": ("gptq", "awq")},
-                  help="Calibration samples (num_calibration_samples)."),
-            Param("seq_len", "int", 512, minimum=16, maximum=8192, visible_when={"modifier": ("gptq", "awq")},
-                  help="Tokens per calibration sample (max_seq_length)."),
+            *calibration_params(modifier=("gptq", "awq")),
             Param("dampening_frac", "float", 0.01, minimum=0.0, maximum=1.0, visible_when={"modifier": "gptq"},
                   help="GPTQ: fraction of the Hessian's mean diagonal added to it (damp_percent elsewhere)."),
             Param("actorder", "choice", "static", choices=ACTORDERS, visible_when={"modifier": "gptq"},
@@ -129,9 +123,9 @@ class LLMCompressor(Method):
 
     @staticmethod
     def _shape_errors(layers: Mapping[str, tuple[int, int]], p: Mapping[str, Any]) -> list[ParamError]:
-        err = selection_error(layers, ["*"], p["ignore"])
+        err = selection_error(layers, ["*"], p["ignore"], exclude_param="ignore")
         if err is not None:
-            return [ParamError("ignore", err.message.replace("include=['*'] with exclude", "ignore"))]
+            return [err]
         err = group_size_error(layers, select_layers(layers, ["*"], p["ignore"]), p.get("group_size", -1),
                                remedy="or -1 (one scale per output channel), or leave those layers out with ignore")
         return [err] if err is not None else []
@@ -230,9 +224,7 @@ class LLMCompressor(Method):
         """The calibration samples, tokenized here (llm-compressor takes a tokenized Dataset as is)."""
         from datasets import Dataset
 
-        texts = calibration_texts(ctx, p["dataset"], p["num_samples"], "num_samples", seq_len=p["seq_len"])
-        tok = ctx.tokenizer()
-        rows = [tok(t, add_special_tokens=False)["input_ids"][: p["seq_len"]] for t in texts]
+        rows = calibration_token_rows(ctx, p)
         return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
