@@ -44,6 +44,8 @@ class FaultMethod(Method):
         elif mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif mode == "hang":
+            # a backend's files, as an export or a checkpoint would leave them
+            (ctx.workdir / "export.bin").write_bytes(b"0" * 2**20)
             time.sleep(params["seconds"])
         elif mode == "oom":
             hog = []

@@ -137,10 +137,11 @@ def compute_reference(spec: RunSpec, model_info: Any) -> dict:
         ref = reference.load_reference(spec.model, spec.data)
         if ref is not None:
             return ref
-        ctx = BuildContext(spec, model_info, Path(tempfile.mkdtemp(prefix="wb-ref-")))
         emit("reference", None, "computing the fp32 baseline outputs once for this model and data")
-        model = ctx.load_model("float32")
-        _, ref = _accuracy(ctx, model, None)
+        with tempfile.TemporaryDirectory(prefix="wb-ref-") as tmp:
+            ctx = BuildContext(spec, model_info, Path(tmp))
+            model = ctx.load_model("float32")
+            _, ref = _accuracy(ctx, model, None)
         ref = _without_targets(ref)
         reference.save_reference(spec.model, spec.data, ref)
         del model

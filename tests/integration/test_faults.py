@@ -1,4 +1,6 @@
 """A worker that segfaults, is killed, hangs or runs out of memory costs one stored failed run."""
+import tempfile
+
 import pytest
 
 from workbench.result import RunStatus
@@ -41,6 +43,17 @@ def test_timeout_kills_the_worker_group(session):
     # how far it got: the worker's last progress event
     assert "it had got to: build 50% (about to hang)" in r.error
     assert r.duration_s < 30
+
+
+def test_a_killed_worker_leaves_no_temp_files(session, tmp_path, monkeypatch):
+    # the worker inherits TMPDIR, so without the executor's scratch folder its files would stay here
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    r = run(session, "hang", params={"seconds": 60}, timeout_s=5)
+    assert r.status is RunStatus.TIMEOUT and "about to hang" in r.error
+    assert list(tmp.iterdir()) == []
 
 
 def test_memory_limit_gives_oom(session):

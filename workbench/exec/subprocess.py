@@ -57,6 +57,11 @@ class SubprocessExecutor:
             child_env["PYTHONPATH"] = envs.worker_pythonpath()
             child_env["PYTHONUNBUFFERED"] = "1"
             child_env.pop("PYTHONHOME", None)
+            # A killed worker runs no cleanup: everything it and its backends put
+            # in temp files lands here, and goes when this directory goes.
+            scratch = Path(tmp) / "scratch"
+            scratch.mkdir()
+            child_env["TMPDIR"] = str(scratch)
             started = time.time()
             proc = subprocess.Popen(
                 [python, "-m", "workbench.worker", str(req), str(out)],

@@ -32,21 +32,22 @@ def ranges(model: str, layers: list[str], samples: int, seq_len: int, calibratio
     info = catalog.describe(spec.model)
     if info.kind != "encoder":
         raise SystemExit(f"model: {model} is a {info.kind}; ORT calibration ranges are computed for encoders")
-    ctx = BuildContext(spec, info, Path(tempfile.mkdtemp(prefix="wb-ranges-")), report=lambda *a, **k: None)
-    exported = runtime.exported(ctx)
-    graph = runtime.read_graph(exported.model_file, with_weights=False).graph
-    inputs = {n.name: n.input[0] for n in graph.node if n.op_type == "MatMul"}
-    tensors = {}
-    for layer in layers:
-        node = runtime.matmul_node(layer)
-        if node not in inputs:
-            raise SystemExit(f"layers: no MatMul {node} for {layer} in the ONNX export of {model}")
-        tensors[layer] = inputs[node]
-    p = ORTStatic.schema.normalize({"calibration": calibration, "operators": ["MatMul"], "exclude": [],
-                                    "num_samples": samples})
-    texts = calibration_samples(ctx.tokenizer(), DataSpec(calib_samples=samples, calib_seq_len=seq_len))
-    _, found = calibrate(ctx, exported, texts, p, quantization_config(p, True, []), seq_len=seq_len)
-    return {layer: [float(v.item()) for v in found[t].range_value] for layer, t in tensors.items()}
+    with tempfile.TemporaryDirectory(prefix="wb-ranges-") as tmp:
+        ctx = BuildContext(spec, info, Path(tmp), report=lambda *a, **k: None)
+        exported = runtime.exported(ctx)
+        graph = runtime.read_graph(exported.model_file, with_weights=False).graph
+        inputs = {n.name: n.input[0] for n in graph.node if n.op_type == "MatMul"}
+        tensors = {}
+        for layer in layers:
+            node = runtime.matmul_node(layer)
+            if node not in inputs:
+                raise SystemExit(f"layers: no MatMul {node} for {layer} in the ONNX export of {model}")
+            tensors[layer] = inputs[node]
+        p = ORTStatic.schema.normalize({"calibration": calibration, "operators": ["MatMul"], "exclude": [],
+                                        "num_samples": samples})
+        texts = calibration_samples(ctx.tokenizer(), DataSpec(calib_samples=samples, calib_seq_len=seq_len))
+        _, found = calibrate(ctx, exported, texts, p, quantization_config(p, True, []), seq_len=seq_len)
+        return {layer: [float(v.item()) for v in found[t].range_value] for layer, t in tensors.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
