@@ -64,3 +64,14 @@ def test_worker_shim_exposes_only_the_package(home):
                          capture_output=True, text=True)
     assert out.returncode == 0 and "workbench" in out.stdout
     assert manager.worker_pythonpath() == shim  # stable
+
+
+def test_a_full_disk_is_refused_before_pip_starts(home, monkeypatch):
+    free = manager.shutil.disk_usage(home).free
+    with pytest.raises(EnvironmentUnavailable, match=r"needs about .* GB of disk; .* GB free on the disk holding"):
+        manager.check_disk_space(home / "envs" / "torch", need=free * 4)
+    manager.check_disk_space(home / "envs" / "torch", need=1)  # a folder that does not exist yet is fine
+    monkeypatch.setattr(manager, "ENV_DISK_BYTES", free * 4)
+    monkeypatch.setattr(manager.subprocess, "Popen", None)  # pip must not start
+    with pytest.raises(EnvironmentUnavailable, match="WORKBENCH_HOME chooses"):
+        manager.create("torch", progress=False)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ HERE = Path(__file__).parent
 
 # "kernel" is the interpreter running the workbench itself (tests, light methods).
 KERNEL = "kernel"
+# One family takes 1.7-2.1 GB installed (each has its own torch), plus pip's unpacked wheels.
+ENV_DISK_BYTES = int(2.5 * 2**30)
 
 
 @dataclass(frozen=True)
@@ -235,11 +238,17 @@ def create(name: str, *, progress: bool = True, log: Callable[[str], None] | Non
                 log(line)
         if proc.wait() != 0:
             bar.close()
-            raise EnvironmentUnavailable(f"creating environment {name!r} failed at '{what}':\n" + "\n".join(tail))
+            hint = ""
+            if any("No space left on device" in t for t in tail):
+                hint = f"\nthe disk is full: {_free_space(d)}; each environment needs about " \
+                       f"{ENV_DISK_BYTES / 2**30:.1f} GB (`make clean` removes the workbench's own)"
+            raise EnvironmentUnavailable(f"creating environment {name!r} failed at '{what}':\n"
+                                         + "\n".join(tail) + hint)
         bar.update(1)
 
     py = d / "bin" / "python"
     if not py.exists():
+        check_disk_space(d)
         run([sys.executable, "-m", "venv", str(d)], "virtual environment")
     else:
         bar.update(1)
@@ -260,6 +269,21 @@ def create(name: str, *, progress: bool = True, log: Callable[[str], None] | Non
     }
     (d / "workbench-env.json").write_text(json.dumps(manifest, indent=2))
     return status(name)
+
+
+def _free_space(path: Path) -> str:
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return f"{shutil.disk_usage(existing).free / 2**30:.1f} GB free on the disk holding {existing}"
+
+
+def check_disk_space(path: Path, need: int | None = None) -> None:
+    """Refuse before pip starts when the disk cannot hold a new environment at `path`."""
+    need = ENV_DISK_BYTES if need is None else need
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if shutil.disk_usage(existing).free < need:
+        raise EnvironmentUnavailable(
+            f"creating an environment in {path} needs about {need / 2**30:.1f} GB of disk; "
+            f"{_free_space(path)} (WORKBENCH_HOME chooses where environments go)")
 
 
 def worker_env() -> dict[str, str]:
