@@ -1,11 +1,16 @@
 """GPTQ (GPTQModel) and AWQ (AutoAWQ, run with GPTQModel's CPU kernels) through the product, on
 tiny-llama: calibrate, save, reload through transformers, measure. SmolLM2 (minutes per run):
 benchmarks/calibrated.py."""
+import subprocess
+import textwrap
+
 import pytest
 
 from workbench.result import RunStatus
 from workbench.session import Session
 from workbench.spec import BenchSpec, DataSpec
+
+from workbench.envs import manager
 
 from ..conftest import requires_env, requires_torch_env
 
@@ -75,3 +80,31 @@ def test_bad_input_is_refused_before_any_worker(session, method, params, status,
     r, events = submit(session, method, params)
     assert r.status is status and text in r.error, r.error
     assert events == [] and len(session.store.results(latest_only=False)) == stored
+
+
+SCALE_SEARCH = textwrap.dedent("""
+    import sys, torch
+    from awq.quantize.quantizer import AwqQuantizer
+    from workbench.methods.awq import _scale_search_keeps_weights
+    q = AwqQuantizer.__new__(AwqQuantizer)
+    q.w_bit, q.group_size, q.zero_point, q.duo_scaling = 4, 64, True, True
+    q.n_parallel_calib_samples, q.max_chunk_memory = None, 2**30
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(128, 64, bias=False)
+    before = fc.weight.detach().clone()
+    x = torch.randn(2, 16, 128)
+    with torch.no_grad(), (_scale_search_keeps_weights() if sys.argv[1] == "fixed" else torch.no_grad()):
+        q._compute_best_scale(x, fc.weight.abs().mean(0), x.abs().view(-1, 128).mean(0), fc, [fc], fc(x), {})
+    print(torch.equal(fc.weight, before))
+""")
+
+
+@pytest.mark.parametrize("mode,unchanged", [("as-shipped", "False"), ("fixed", "True")])
+def test_autoawq_scale_search_leaves_the_weights_as_they_were_on_cpu(mode, unchanged):
+    """AutoAWQ 0.2.9 restores a `.cpu()` snapshot that, on the CPU, is the weights themselves: the
+    first grid point's scaling stays. The workbench patches it; if AutoAWQ fixes it, the first
+    case fails and the patch can go."""
+    p = subprocess.run([manager.python_for("gptq"), "-c", SCALE_SEARCH, mode], capture_output=True, text=True,
+                       env=manager.worker_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == unchanged

@@ -138,7 +138,7 @@ class AWQ(Method):
         texts = calibration_texts(ctx, p["dataset"], p["num_samples"], "num_samples", seq_len=p["seq_len"])
         checkpoint = ctx.workdir / CHECKPOINT_DIR
         t0 = time.perf_counter()
-        with in_directory(ctx.workdir / "autoawq"), _layer_progress(ctx):
+        with in_directory(ctx.workdir / "autoawq"), _layer_progress(ctx), _scale_search_keeps_weights():
             ctx.progress("load", None, "AutoAWQ loads the model")
             model = AutoAWQForCausalLM.from_pretrained(str(ctx.model_dir()), torch_dtype=torch.float32,
                                                        device_map={"": "cpu"})
@@ -217,6 +217,39 @@ class AWQ(Method):
 def unclippable(layers: Mapping[str, tuple[int, int]]) -> list[str]:
     """Layers AutoAWQ quantizes whose output rows its clip search cannot batch."""
     return [n for n in select_layers(layers, ["*"], ["lm_head"]) if int(layers[n][0]) % CLIP_ROWS]
+
+
+class _scale_search_keeps_weights:
+    """AutoAWQ 0.2.9's scale search corrupts the weights on CPU: fixed here.
+
+    `_compute_best_scale` snapshots the block with `{k: v.cpu() for k, v in state_dict()}` and
+    then scales the weights in place (`fc.weight.mul_(scales)`) before restoring the snapshot.
+    On a GPU `.cpu()` copies; on the CPU it returns the same tensor, so the snapshot takes the
+    first grid point's scaling (1 / mean |w|, not 1) and "restoring" it leaves every searched
+    layer scaled by it. SmolLM2 went from perplexity 17.5 to 1.9 million with the scales applied
+    and nothing quantized (measured). The snapshot is made of copies for the call.
+    """
+
+    def __enter__(self) -> "_scale_search_keeps_weights":
+        from awq.quantize.quantizer import AwqQuantizer
+
+        self.cls, self.original = AwqQuantizer, AwqQuantizer._compute_best_scale
+        original = self.original
+
+        def compute_best_scale(quantizer: Any, x: Any, w_mean: Any, x_mean: Any, module2inspect: Any,
+                               *args: Any, **kwargs: Any) -> Any:
+            state_dict = module2inspect.state_dict
+            module2inspect.state_dict = lambda *a, **k: {n: t.clone() for n, t in state_dict(*a, **k).items()}
+            try:
+                return original(quantizer, x, w_mean, x_mean, module2inspect, *args, **kwargs)
+            finally:
+                del module2inspect.state_dict
+
+        AwqQuantizer._compute_best_scale = compute_best_scale
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cls._compute_best_scale = self.original
 
 
 class _layer_progress:
