@@ -2,6 +2,7 @@
 
     workbench run --model M --method X [--param k=v ...] [--store PATH] [--json]
     workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
+    workbench sweep FILE.toml [--dry-run] [--retry-failed] [--report FILE]
     workbench results [--store PATH] [--format table|csv|json]
     workbench report [--store PATH] --out FILE.html
     workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
@@ -207,6 +208,63 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+    from .report import write_report
+    from .result import label
+
+    session = _session(args)
+    the_sweep = sweep.load_sweep(args.file)
+    the_plan = sweep.plan(session, the_sweep, retry_failed=args.retry_failed)
+    for spec, problems in the_plan.invalid:
+        print(f"{spec.model.id} {spec.label}:\n  " + "\n  ".join(problems), file=sys.stderr)
+    if the_plan.invalid:
+        print(f"workbench: sweep {args.file}: {len(the_plan.invalid)} invalid configurations; nothing was run",
+              file=sys.stderr)
+        return EXIT_INVALID
+    for spec, reason in the_plan.unavailable:
+        print(f"{spec.model.id} {spec.label}: skipped: {reason}", file=sys.stderr)
+    print(the_plan.summary())
+    if args.dry_run:
+        for spec in the_plan.specs:
+            state = "stored" if spec.key in the_plan.stored else "failed before" if spec.key in the_plan.failed \
+                else "to run"
+            print(f"  {state:>13}  {spec.model.id} {label(spec.method, spec.params)}")
+        return EXIT_OK
+    outcome = sweep.run(session, the_plan, progress=not args.quiet)
+    if outcome.results:
+        _print_table(outcome.results)
+        _print_front(outcome.results)
+    for r in outcome.failures:
+        first_line = (r.error or "").strip().splitlines()[:1]
+        print(f"{r.model} {label(r.method, r.params)}: {r.status.value}: {''.join(first_line)}", file=sys.stderr)
+    print(f"sweep {the_sweep.name!r}: {outcome.ran} run now in {outcome.seconds:.0f} s, "
+          f"{len(the_plan.stored)} reused from the store, {len(outcome.failures)} failed; store: {session.store.path}")
+    if args.report:
+        print(f"report: {write_report(outcome.results, Path(args.report))}")
+    return EXIT_OK if not outcome.failures else EXIT_FAILED
+
+
+def _print_front(results: list[RunResult]) -> None:
+    """The configurations no other one beats on both weight bytes and accuracy, per model."""
+    from .plots import pareto_front, pick_accuracy, results_frame, summary_table
+
+    df = results_frame(results)
+    df = df[df["status"].astype(str).isin([s.value for s in RunStatus if s.succeeded])]
+    accuracy, minimize = pick_accuracy(df)
+    if accuracy is None or df.empty:
+        return
+    front = []
+    for _, g in df.groupby("model"):
+        front.append(g[pareto_front(g, "weights_bytes", accuracy, minimize_y=minimize)])
+    import pandas as pd
+
+    table = summary_table(pd.concat(front)).sort_values(["model", "weights (MB)"])
+    print(f"\nPareto front (weights against {accuracy}):")
+    print(table[["model", "label", "weights (MB)", *[c for c in table.columns if c in (
+        "perplexity", "KL", "cosine", "PSNR (dB)")], "decode tok/s"]].to_string(index=False))
+
+
 def _default_comparison(model: str) -> tuple[str, ...]:
     from .models import catalog
 
@@ -386,6 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", default="results/report.html")
     c.set_defaults(func=cmd_compare)
 
+    sw = sub.add_parser("sweep", help="run a TOML sweep file (resumable: stored configurations are reused)")
+    sw.add_argument("file", help="the sweep file (format: python -c 'import workbench.sweep; help(workbench.sweep)')")
+    sw.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
+    sw.add_argument("--dry-run", action="store_true", help="validate and list what would run; run nothing")
+    sw.add_argument("--retry-failed", action="store_true", help="run again configurations whose stored run failed")
+    sw.add_argument("--report", default=None, metavar="FILE.html", help="also write an HTML report of the sweep")
+    sw.add_argument("--executor", default="subprocess", choices=("subprocess", "inline"))
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
     res = sub.add_parser("results", help="stored results as a table, CSV or JSON")
     res.add_argument("--store", default=None)
     res.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -429,6 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `workbench ... | head`: the reader left, which is no error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -105,6 +105,12 @@ class ResultStore:
         res.cached = True
         return res
 
+    def latest(self, key: str) -> RunResult | None:
+        """The latest stored result for a spec key, whatever its status."""
+        with closing(self._connect()) as con:
+            hit = con.execute("SELECT result FROM runs WHERE key=? ORDER BY id DESC LIMIT 1", (key,)).fetchone()
+        return None if hit is None else RunResult.from_json(hit[0])
+
     def iter_results(self, latest_only: bool = False) -> Iterator[RunResult]:
         """Every stored result in insertion order (or only the latest row per key)."""
         query = "SELECT result FROM runs ORDER BY id"

@@ -20,8 +20,10 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -114,6 +116,26 @@ def _setup_process(spec: RunSpec) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _die_with_parent() -> None:
+    """Kill this worker's process group when the process that started it dies.
+
+    The executor starts the worker in a session of its own, so a coordinator killed with SIGKILL
+    (a sweep interrupted the hard way) would otherwise leave it running, holding memory and
+    cores, its result read by nobody.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        # The whole group only when it is ours (the executor's new session), never a shell's job.
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _init_torch(spec: RunSpec) -> None:
@@ -630,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         sys.stderr.write(__doc__ or "")
         return 2
+    _die_with_parent()
     request = json.loads(Path(argv[0]).read_text())
     spec = RunSpec.from_dict(request["spec"])
     _setup_process(spec)

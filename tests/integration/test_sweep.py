@@ -1,0 +1,97 @@
+"""`workbench sweep FILE`: a coordinator killed with SIGKILL halfway takes its worker with it, loses
+no stored result, and running the file again completes the sweep without rerunning what was stored."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+from ..conftest import requires_torch_env
+
+SWEEP = """
+name = "kill-resume"
+models = ["tiny-llama"]
+[bench]
+latency = false
+save = false
+[[runs]]
+method = "rtn"
+params = {sym = false}
+grid = {bits = [8, 4, 3], group_size = {start = 16, stop = 32, factor = 2}}
+[[runs]]
+method = "rtn"
+params = {sym = false, bits = 8, group_size = 16}   # a duplicate: runs once
+"""
+
+
+def rows(store: Path) -> list[tuple[str, str]]:
+    if not store.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(store, timeout=30)) as con:
+            return con.execute("SELECT key, status FROM runs ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # the coordinator is creating the tables
+        return []
+
+
+def workers_under(folder: Path) -> list[int]:
+    """Worker processes whose request file lies in `folder` (their TMPDIR)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "workbench.worker" in cmd and str(folder) in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+@requires_torch_env
+def test_a_killed_sweep_resumes_without_rerunning_stored_configurations(tmp_path):
+    sweep_file, store, tmp = tmp_path / "sweep.toml", tmp_path / "wb.sqlite", tmp_path / "tmp"
+    sweep_file.write_text(SWEEP)
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    cmd = [sys.executable, "-m", "workbench.cli", "sweep", str(sweep_file), "--store", str(store), "--quiet"]
+
+    coordinator = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while len(rows(store)) < 2:
+        assert coordinator.poll() is None, coordinator.stdout.read()
+        assert time.monotonic() < deadline, "two runs did not finish in 10 minutes"
+        time.sleep(0.2)
+    while not workers_under(tmp):  # kill it while a third run is under way
+        assert coordinator.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait()
+    coordinator.stdout.close()
+    before = rows(store)
+    assert 2 <= len(before) < 6 and {s for _, s in before} == {"ok"}
+
+    # The orphaned worker notices and kills its process group.
+    deadline = time.monotonic() + 15
+    while workers_under(tmp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers_under(tmp) == []
+
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = rows(store)
+    assert after[:len(before)] == before  # nothing lost or rewritten
+    keys = [k for k, _ in after]
+    assert len(keys) == len(set(keys)) == 6, "a stored configuration ran again, or one is missing"
+    assert {s for _, s in after} == {"ok"}
+    assert f"{len(before)} already stored, {6 - len(before)} to run" in resumed.stdout
+    assert "1 duplicates dropped" in resumed.stdout
+    assert "Pareto front" in resumed.stdout
+
+    again = subprocess.run(cmd + ["--dry-run"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "6 already stored, 0 to run" in again.stdout
+    assert len(rows(store)) == 6
