@@ -25,7 +25,7 @@ LAB_PORT ?= 8888
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[ui,test]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[ui,test,dask]'
 	touch $@
 
 $(WORKBENCH_HOME)/envs/%/workbench-env.json: $(VENV)/.installed workbench/envs/%.txt workbench/envs/%-nodeps.txt

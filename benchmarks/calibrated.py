@@ -22,7 +22,8 @@ CONFIGS = [
     ("llmcompressor", {"scheme": "W4A16", "group_size": 64}),
     ("llmcompressor", {"scheme": "W4A16", "group_size": 64, "modifier": "gptq", **CALIB}),
 ]
-# AutoAWQ searches scales on every block over a grid: about 45 s per SmolLM2 layer on 2 cores.
+# AutoAWQ searches scales and clipping on every block over a grid: about 30-40 s per SmolLM2 layer
+# on a quiet 2-core machine (20 min for the 30 layers), 2.5 min when the machine is shared.
 AWQ = ("awq", {"group_size": 64, "dataset": "pydoc-topics", "num_samples": 16, "seq_len": 256})
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--store", default=None, help="default: a temporary store (every config runs)")
-    ap.add_argument("--no-awq", action="store_true", help="leave out AWQ (the slowest, ~25 min here)")
+    ap.add_argument("--no-awq", action="store_true", help="leave out AWQ (the slowest, ~20 min here)")
     ap.add_argument("--only", nargs="+", default=None, metavar="METHOD",
                     help="the baseline and these methods only (e.g. --only awq)")
     args = ap.parse_args()

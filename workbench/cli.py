@@ -2,7 +2,7 @@
 
     workbench run --model M --method X [--param k=v ...] [--store PATH] [--json]
     workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
-    workbench sweep FILE.toml [--dry-run] [--retry-failed] [--report FILE]
+    workbench sweep FILE.toml [--dry-run] [--retry-failed] [--report FILE] [--executor dask [--scheduler ADDR]]
     workbench results [--store PATH] [--format table|csv|json]
     workbench report [--store PATH] --out FILE.html
     workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
@@ -99,8 +99,12 @@ def _fields_from_pairs(cls: type, pairs: Sequence[str], what: str) -> dict[str, 
 def _session(args: argparse.Namespace) -> Any:
     from .session import Session
 
-    return Session(store=args.store, executor=getattr(args, "executor", "subprocess"),
-                   progress=not getattr(args, "quiet", False))
+    from .exec import get_executor
+
+    if getattr(args, "scheduler", None) and getattr(args, "executor", None) != "dask":
+        raise InvalidSpec("--scheduler: only with --executor dask")
+    executor = get_executor(getattr(args, "executor", "subprocess"), getattr(args, "scheduler", None))
+    return Session(store=args.store, executor=executor, progress=not getattr(args, "quiet", False))
 
 
 def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,9 +264,10 @@ def _print_front(results: list[RunResult]) -> None:
     import pandas as pd
 
     table = summary_table(pd.concat(front)).sort_values(["model", "weights (MB)"])
+    columns = ["model", "label", "weights (MB)", "perplexity", "KL", "cosine", "PSNR (dB)", "decode tok/s"]
+    table = table[columns].dropna(axis="columns", how="all")
     print(f"\nPareto front (weights against {accuracy}):")
-    print(table[["model", "label", "weights (MB)", *[c for c in table.columns if c in (
-        "perplexity", "KL", "cosine", "PSNR (dB)")], "decode tok/s"]].to_string(index=False))
+    print(table.to_string(index=False))
 
 
 def _default_comparison(model: str) -> tuple[str, ...]:
@@ -417,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description="Quantization Workbench: compare quantization methods, measured one way.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
+    def executor_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--executor", default="subprocess", choices=("subprocess", "inline", "dask"),
+                        help="where runs happen: a worker subprocess here (default), in this process, or on Dask workers")
+        sp.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="with --executor dask: the scheduler (tcp://host:8786); default $WORKBENCH_DASK_SCHEDULER, "
+                             "else a LocalCluster of 2 worker processes here")
+
     def spec_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
         sp.add_argument("--model", default=model_default, required=model_default is None,
                         help="catalog name (workbench models), local directory or hub id")
@@ -428,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--timeout", type=float, default=None, help="seconds before the worker is killed")
         sp.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
         sp.add_argument("--force", action="store_true", help="run even if the store has a result for this spec")
-        sp.add_argument("--executor", default="subprocess", choices=("subprocess", "inline"))
+        executor_args(sp)
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("run", help="one run")
@@ -450,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="validate and list what would run; run nothing")
     sw.add_argument("--retry-failed", action="store_true", help="run again configurations whose stored run failed")
     sw.add_argument("--report", default=None, metavar="FILE.html", help="also write an HTML report of the sweep")
-    sw.add_argument("--executor", default="subprocess", choices=("subprocess", "inline"))
+    executor_args(sw)
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
 

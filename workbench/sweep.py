@@ -270,8 +270,14 @@ def plan(session: "Session", sweep: Sweep, retry_failed: bool = False) -> SweepP
 
 def run(session: "Session", the_plan: SweepPlan, progress: bool = True,
         on_result: Callable[[RunResult], None] | None = None) -> SweepOutcome:
-    """Run what the plan left to run, one bar over the whole sweep; every result is stored as it ends."""
+    """Run what the plan left to run, one bar over the whole sweep; every result is stored as it ends.
+
+    Runs go one at a time, or as many at once as the executor takes (`parallel`: a Dask cluster's
+    worker threads); results are stored by this process in either case.
+    """
+    import threading
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
@@ -282,23 +288,33 @@ def run(session: "Session", the_plan: SweepPlan, progress: bool = True,
     done: dict[str, RunResult] = {**the_plan.stored, **the_plan.failed}
     bar = tqdm(total=len(the_plan.specs), initial=len(done), desc=f"sweep {the_plan.sweep.name}"[:40],
                unit="run", disable=not progress)
-    try:
-        for spec in the_plan.todo:
-            name = f"{spec.model.id} {label(spec.method, spec.params)}"[:48]
-            bar.set_postfix_str(name)
+    lock = threading.Lock()
 
-            def report(stage: str, fraction: float | None, message: str, name: str = name) -> None:
-                pct = progress_percent(stage, fraction)
-                bar.set_postfix_str(f"{name} {'' if pct is None else f'{pct}% '}{stage}"[:70])
+    def one(spec: RunSpec) -> None:
+        name = f"{spec.model.id} {label(spec.method, spec.params)}"[:48]
 
-            result = session.submit(spec, progress=report)
+        def report(stage: str, fraction: float | None, message: str) -> None:
+            pct = progress_percent(stage, fraction)
+            bar.set_postfix_str(f"{name} {'' if pct is None else f'{pct}% '}{stage}"[:70])
+
+        result = session.submit(spec, progress=report)
+        with lock:
             done[spec.key] = result
             if on_result is not None:
                 on_result(result)
             bar.update(1)
+
+    parallel = max(1, int(getattr(session.executor, "parallel", 1)))
+    try:
+        if parallel == 1:
+            for spec in the_plan.todo:
+                one(spec)
+        else:
+            with ThreadPoolExecutor(max_workers=parallel) as pool:
+                for f in [pool.submit(one, spec) for spec in the_plan.todo]:
+                    f.result()
     finally:
         bar.close()
     results = [done[s.key] for s in the_plan.specs]
     return SweepOutcome(plan=the_plan, results=results, ran=len(the_plan.todo),
                         seconds=time.monotonic() - start)
-

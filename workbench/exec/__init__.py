@@ -1,11 +1,12 @@
-"""Executors: where a run happens (inline for tests, a subprocess by default)."""
+"""Executors: where a run happens (inline for tests, a subprocess by default, Dask workers)."""
 from __future__ import annotations
 
 from .base import Executor, Progress  # noqa: F401
 
 
-def get_executor(name: str = "subprocess") -> "Executor":
-    """An executor by name: `subprocess` (default) or `inline`."""
+def get_executor(name: str = "subprocess", scheduler: str | None = None) -> "Executor":
+    """An executor by name: `subprocess` (default), `inline`, or `dask` (on the Dask scheduler at
+    `scheduler`, else `$WORKBENCH_DASK_SCHEDULER`, else a LocalCluster started here)."""
     if name == "subprocess":
         from .subprocess import SubprocessExecutor
 
@@ -14,6 +15,15 @@ def get_executor(name: str = "subprocess") -> "Executor":
         from .inline import InlineExecutor
 
         return InlineExecutor()
+    if name == "dask":
+        import os
+
+        from .dask import DaskExecutor
+
+        return DaskExecutor(scheduler or os.environ.get("WORKBENCH_DASK_SCHEDULER") or None)
     from ..errors import InvalidSpec
 
-    raise InvalidSpec(f"executor: unknown executor {name!r}; allowed: subprocess, inline")
+    raise InvalidSpec(f"executor: unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")
+
+
+EXECUTORS = ("subprocess", "inline", "dask")
