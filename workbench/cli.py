@@ -3,6 +3,7 @@
     workbench run --model M --method X [--param k=v ...] [--store PATH] [--json]
     workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
     workbench sweep FILE.toml [--dry-run] [--retry-failed] [--report FILE] [--executor dask [--scheduler ADDR]]
+    workbench sensitivity --model M --method rtn [--param k=v ...] [--top N] [--heatmap FILE.html]
     workbench results [--store PATH] [--format table|csv|json]
     workbench report [--store PATH] --out FILE.html
     workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
@@ -249,6 +250,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK if not outcome.failures else EXIT_FAILED
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from . import registry
+    from .plots import sensitivity_heatmap
+    from .sensitivity import layer_sensitivity, sensitivity_frame
+
+    session = _session(args)
+    params = registry.get(args.method).cls.schema.parse_cli(args.param or [])
+    opts = _spec_options(args)
+    data = opts["data"]
+    result = layer_sensitivity(session, args.model, args.method, params,
+                               data=DataSpec(**data) if data else None, timeout_s=args.timeout, force=args.force)
+    if args.json:
+        print(result.to_json(indent=2))
+        return exit_code(result)
+    if not result.ok:
+        print(f"{result.status.value}: {result.error}", file=sys.stderr)
+        return exit_code(result)
+    df = sensitivity_frame(result)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        shown = df.head(args.top)[["layer", "params", "rel_output_error", "perplexity", "ppl_delta"]]
+        print(f"{args.model}: fp32 perplexity {result.metrics['perplexity']:.4f}; the {len(shown)} of "
+              f"{len(df)} layers that cost the most when quantized alone with {args.method} "
+              f"{' '.join(f'{k}={v}' for k, v in params.items())}{' (stored)' if result.cached else ''}:")
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.heatmap:
+        out = Path(args.heatmap)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sensitivity_heatmap(df, args.metric).write_html(str(out), include_plotlyjs=True)
+        print(f"heatmap: {out}")
+    return EXIT_OK
+
+
 def _print_front(results: list[RunResult]) -> None:
     """The configurations no other one beats on both weight bytes and accuracy, per model."""
     from .plots import pareto_front, pick_accuracy, results_frame, summary_table
@@ -465,6 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
     executor_args(sw)
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
+
+    se = sub.add_parser("sensitivity", help="per-layer error and perplexity with one layer quantized at a time")
+    spec_args(se, None)
+    se.add_argument("--method", default="rtn", help="a method with a per-layer quantizer (rtn)")
+    se.add_argument("--param", action="append", metavar="K=V", help="method parameter (repeatable)")
+    se.add_argument("--top", type=int, default=15, help="how many of the most sensitive layers to print")
+    se.add_argument("--heatmap", default=None, metavar="FILE.html", help="write the heatmap as a standalone page")
+    se.add_argument("--metric", default="ppl_delta", choices=("ppl_delta", "rel_output_error", "weight_error"),
+                    help="what the heatmap colours")
+    se.add_argument("--json", action="store_true", help="print the stored result as JSON")
+    se.set_defaults(func=cmd_sensitivity)
 
     res = sub.add_parser("results", help="stored results as a table, CSV or JSON")
     res.add_argument("--store", default=None)

@@ -415,6 +415,38 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def sensitivity_heatmap(frame: pd.DataFrame, metric: str = "ppl_delta", title: str | None = None) -> go.Figure:
+    """Layer sensitivity as a heatmap: one column per block, one row per layer kind (q_proj, ...).
+
+    `frame` is `workbench.sensitivity.sensitivity_frame(result)`; layers outside numbered blocks
+    (e.g. lm_head) get a column of their own at the right.
+    """
+    if frame is None or len(frame) == 0:
+        return _empty_figure("no layer sensitivity yet", title)
+    if metric not in frame.columns:
+        raise KeyError(f"metric: {metric!r} is not a column; allowed: ppl_delta, rel_output_error, weight_error")
+    df = frame.copy()
+    df["column"] = [str(int(b)) if pd.notna(b) else p for b, p in zip(df["block"], df["part"])]
+    df["row"] = [p if pd.notna(b) else "(outside blocks)" for b, p in zip(df["block"], df["part"])]
+    blocks = sorted({int(b) for b in df["block"].dropna()})
+    columns = [str(b) for b in blocks] + sorted(set(df["column"]) - {str(b) for b in blocks})
+    rows = list(dict.fromkeys(df.sort_values(["block", "part"])["row"]))
+    grid = df.pivot_table(index="row", columns="column", values=metric, aggfunc="first").reindex(index=rows,
+                                                                                             columns=columns)
+    names = df.pivot_table(index="row", columns="column", values="layer", aggfunc="first").reindex(index=rows,
+                                                                                               columns=columns)
+    label_of = {"ppl_delta": "perplexity increase", "rel_output_error": "relative output error",
+                "weight_error": "relative weight error"}
+    fig = go.Figure(go.Heatmap(
+        z=grid.to_numpy(dtype=float), x=columns, y=rows, customdata=names.to_numpy(dtype=object),
+        colorscale="Reds", colorbar={"title": label_of.get(metric, metric)},
+        hovertemplate="%{customdata}<br>" + label_of.get(metric, metric) + ": %{z:.4g}<extra></extra>"))
+    fig.update_layout(title=title or f"Layer sensitivity: {label_of.get(metric, metric)} with only that layer quantized",
+                      xaxis_title="block", yaxis_title="layer", template="plotly_white",
+                      height=max(300, 40 * len(rows) + 160))
+    return fig
+
+
 def params_text(params: str | Mapping[str, Any]) -> str:
     """`params` from a row (JSON text) or a mapping, as `k=v, k=v`."""
     if isinstance(params, str):
@@ -428,6 +460,7 @@ def params_text(params: str | Mapping[str, Any]) -> str:
 __all__ = [
     "ACCURACY_MINIMIZE", "METRIC_NAMES", "MB", "NO_RUNS", "SUMMARY_COLUMNS", "accuracy_vs_memory", "generation_table",
     "latency_per_batch", "memory_per_batch", "layers_text", "pareto_front", "params_text", "pick_accuracy", "results_frame",
+    "sensitivity_heatmap",
     "summary_table", "throughput_per_batch", "tokens_per_s_per_length",
 ]
 

@@ -196,6 +196,13 @@ class Session:
         """Submit specs one after the other (same key twice runs once)."""
         return [self.submit(s, force=force) for s in specs]
 
+    def sensitivity(self, model: str, method: str = "rtn", params: Mapping[str, Any] | None = None,
+                    **kw: Any) -> RunResult:
+        """Layer sensitivity (`workbench.sensitivity.layer_sensitivity`): stored, reused."""
+        from .sensitivity import layer_sensitivity
+
+        return layer_sensitivity(self, model, method, params, **kw)
+
     # --- reading ---------------------------------------------------------------
     def results(self, latest_only: bool = True) -> list[RunResult]:
         return self.store.results(latest_only=latest_only)

@@ -34,6 +34,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key, status);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS analyses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS analyses_key ON analyses(kind, key);
 """
 
 
@@ -99,6 +108,29 @@ class ResultStore:
                 (key, *ok),
             )
             hit = cur.fetchone()
+        if hit is None:
+            return None
+        res = RunResult.from_json(hit[0])
+        res.cached = True
+        return res
+
+    def append_analysis(self, kind: str, result: RunResult) -> int:
+        """Store the result of an analysis (e.g. "sensitivity"): kept apart from the runs, which
+        are quantized models; the same envelope (status, error, versions, tables)."""
+        try:
+            with closing(self._connect()) as con:
+                cur = con.execute("INSERT INTO analyses (kind, key, status, created_at, result) VALUES (?,?,?,?,?)",
+                                  (kind, result.key, result.status.value, time.time(), result.to_json()))
+                con.commit()
+                return int(cur.lastrowid or 0)
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"store: cannot write to {self.path}: {e}") from None
+
+    def analysis(self, kind: str, key: str) -> RunResult | None:
+        """The latest successful analysis of `kind` for a spec key."""
+        with closing(self._connect()) as con:
+            hit = con.execute("SELECT result FROM analyses WHERE kind=? AND key=? AND status=? ORDER BY id DESC LIMIT 1",
+                              (kind, key, RunStatus.OK.value)).fetchone()
         if hit is None:
             return None
         res = RunResult.from_json(hit[0])

@@ -310,8 +310,12 @@ def _latency(ctx: BuildContext, model: Any) -> tuple[dict, dict]:
     return metrics, tables
 
 
-def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> RunResult:
-    """Run one spec in this process and return its result (never raises for run failures)."""
+def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit,
+             analysis: str | None = None) -> RunResult:
+    """Run one spec in this process and return its result (never raises for run failures).
+
+    `analysis="sensitivity"`: instead of building and measuring the quantized model, measure
+    each layer quantized alone (`measure.sensitivity`); the result has the same envelope."""
     started = time.time()
     t_start = time.perf_counter()
     result = RunResult(key=spec.key, status=RunStatus.OK, spec=spec.to_dict(), started_at=started)
@@ -354,7 +358,12 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
             workdir = Path(tempfile.mkdtemp(prefix="wb-run-"))
             try:
                 ctx = BuildContext(spec, model_info, workdir, report)
-                status, error = _measure_run(spec, target, method, params, ctx, result)
+                if analysis == "sensitivity":
+                    status, error = _sensitivity_run(method, params, ctx, result)
+                elif analysis is not None:
+                    raise InvalidSpec(f"analysis: unknown analysis {analysis!r}; allowed: sensitivity")
+                else:
+                    status, error = _measure_run(spec, target, method, params, ctx, result)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             report("done", 1.0)
@@ -372,6 +381,18 @@ def run_spec(spec: RunSpec, target: str, report: Callable[..., None] = emit) -> 
         except Exception as e:  # noqa: BLE001 - a backend failure is one failed run, stored with its traceback
             status = RunStatus.OOM if _looks_like_oom(e) else RunStatus.CRASHED
             return finish(status, f"{type(e).__name__}: {e}\n{_tb()}")
+
+
+def _sensitivity_run(method: Any, params: dict, ctx: BuildContext, result: RunResult) -> tuple[RunStatus, None]:
+    from .measure import sensitivity
+
+    metrics, rows, notes = sensitivity.analyse(ctx, method, params)
+    result.metrics.update(metrics)
+    result.metrics["load_s"] = ctx.load_s
+    result.tables["layers"] = rows
+    result.notes.extend(notes)
+    result.layers_eligible = len(rows)
+    return RunStatus.OK, None
 
 
 def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: BuildContext,
@@ -656,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     request = json.loads(Path(argv[0]).read_text())
     spec = RunSpec.from_dict(request["spec"])
     _setup_process(spec)
-    result = run_spec(spec, request["target"])
+    result = run_spec(spec, request["target"], analysis=request.get("analysis"))
     write_atomic(Path(argv[1]), result.to_json())
     # Exit code 0: a result was written, whatever its status; the executor reads the status.
     return 0

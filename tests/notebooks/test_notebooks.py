@@ -135,4 +135,15 @@ def test_benchmark_tables():
 @requires_torch_env
 def test_sweeps():
     text = "\n".join(outputs(run_notebook("06-sweeps.ipynb")))
+    assert "7 configurations, 0 already stored, 7 to run" in text  # the sweep's plan, on a fresh store
     assert "6 configurations, 6 succeeded" in text
+    from workbench.session import Session
+
+    session = Session(progress=False)
+    three = [r for r in session.results() if r.method == "rtn" and r.params["bits"] == 3
+             and r.params["group_size"] == 32]
+    everywhere = next(r for r in three if r.params["exclude"] == ["lm_head"])
+    mixed = next(r for r in three if len(r.params["exclude"]) == 6)
+    # the five layers the sensitivity analysis ranked worst, kept in float, win back perplexity
+    assert mixed.metrics["perplexity"] < everywhere.metrics["perplexity"]
+    assert mixed.metrics["weights_bytes"] > everywhere.metrics["weights_bytes"]

@@ -46,12 +46,14 @@ class SubprocessExecutor:
         _kill_group(proc)
         return True
 
-    def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None) -> RunResult:
+    def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None,
+            analysis: str | None = None) -> RunResult:
+        """Run `spec` in a worker; `analysis` names a worker analysis (e.g. "sensitivity") instead of a run."""
         python = envs.python_for(env)
         timeout = spec.timeout_s or self.default_timeout_s
         with tempfile.TemporaryDirectory(prefix="wb-exec-") as tmp:
             req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
-            req.write_text(json.dumps({"spec": spec.to_dict(), "target": target}))
+            req.write_text(json.dumps({"spec": spec.to_dict(), "target": target, "analysis": analysis}))
             child_env = dict(os.environ)
             # Only the workbench package, not the kernel environment's site-packages.
             child_env["PYTHONPATH"] = envs.worker_pythonpath()

@@ -98,6 +98,16 @@ class Method(ABC):
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
         """Load and quantize the model (in the worker). `ctx` is a `workbench.worker.BuildContext`."""
 
+    def layer_quantizer(self, params: Mapping[str, Any]) -> "Callable[[Any], Any] | None":
+        """weight -> the weight as this method would compute with it (quantized and dequantized),
+        one layer at a time, for layer sensitivity (`workbench sensitivity`). None (the default):
+        the method has no per-layer form. Called in the worker; `params` are normalized."""
+        return None
+
+    @classmethod
+    def has_layer_quantizer(cls) -> bool:
+        return cls.layer_quantizer is not Method.layer_quantizer
+
     def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
         """Load what `Built.save` wrote to `path`, for the save-and-reload check.
 

@@ -101,6 +101,20 @@ class RTN(Method):
         return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
+    def layer_quantizer(self, params: Mapping[str, Any]) -> Any:
+        import torch
+
+        from ..teach.qlinear import QuantLinear
+
+        p = self.schema.normalize(params, "rtn")
+
+        def quantize(weight: Any) -> Any:
+            linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            linear.weight.data = weight
+            return QuantLinear.from_linear(linear, p["bits"], p["sym"], p["group_size"]).dequantize_weight(weight.dtype)
+
+        return quantize
+
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
         import torch
 
