@@ -4,6 +4,7 @@
     workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
     workbench sweep FILE.toml [--dry-run] [--retry-failed] [--report FILE] [--executor dask [--scheduler ADDR]]
     workbench sensitivity --model M --method rtn [--param k=v ...] [--top N] [--heatmap FILE.html]
+    workbench recommend --model M [--max-ppl-increase 5%] [--max-bytes 120MB] [--min-decode-tok-s X]
     workbench results [--store PATH] [--format table|csv|json]
     workbench report [--store PATH] --out FILE.html
     workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
-from .result import RunResult, RunStatus
+from .result import RunResult, RunStatus, label
 from .spec import BenchSpec, DataSpec, ModelSpec
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
@@ -216,7 +217,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from . import sweep
     from .report import write_report
-    from .result import label
 
     session = _session(args)
     the_sweep = sweep.load_sweep(args.file)
@@ -282,6 +282,45 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         sensitivity_heatmap(df, args.metric).write_html(str(out), include_plotlyjs=True)
         print(f"heatmap: {out}")
     return EXIT_OK
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from .recommend import Budget, mb, parse_bytes, parse_fraction, recommend
+
+    budget = Budget(max_ppl_increase=parse_fraction(args.max_ppl_increase) if args.max_ppl_increase else None,
+                    max_bytes=parse_bytes(args.max_bytes) if args.max_bytes else None,
+                    min_decode_tok_s=args.min_decode_tok_s)
+    session = _session(args)
+    rec = recommend(session, args.model, budget, max_runs=args.max_runs)
+    results = [rec.baseline] + [s.result for s in rec.steps]
+    print()
+    _print_front(results)
+    print(f"\n{rec.runs} runs in {rec.seconds:.0f} s (stored runs are reused) out of the {rec.space} configurations "
+          f"the search could have run; {rec.stopped}.")
+    for why in rec.skipped:
+        print(f"skipped: {why}", file=sys.stderr)
+    if rec.best is None:
+        near = sorted((s for s in rec.steps if s.result.ok), key=lambda s: len(s.misses))[:3]
+        print(f"no explored configuration meets the budget ({budget.describe()}). Closest:")
+        for s in near:
+            print(f"  {s.result.method} {label(s.result.method, s.result.params)}: {'; '.join(s.misses)}")
+        return EXIT_FAILED
+    r = rec.best.result
+    print(f"recommended: {label(r.method, r.params)} ({rec.best.stage}, {rec.best.bits}-bit): "
+          f"{mb(r.metrics['weights_bytes'])} MB, perplexity {r.metrics['perplexity']:.3f} against "
+          f"{rec.baseline.metrics['perplexity']:.3f} in fp32 ({r.metrics['perplexity'] / rec.baseline.metrics['perplexity'] - 1:+.1%})")
+    print(f"reproduce with the workbench: workbench run --model {args.model} --method {r.method} "
+          + " ".join(f"--param {k}={_cli_value(v)}" for k, v in r.params.items()))
+    print("or without it:\n" + rec.code())
+    return EXIT_OK
+
+
+def _cli_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "none" if v is None else str(v)
 
 
 def _print_front(results: list[RunResult]) -> None:
@@ -511,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the heatmap colours")
     se.add_argument("--json", action="store_true", help="print the stored result as JSON")
     se.set_defaults(func=cmd_sensitivity)
+
+    rc = sub.add_parser("recommend", help="search methods and bit widths for the smallest configuration within a budget")
+    rc.add_argument("--model", default=DEFAULT_MODEL)
+    rc.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
+    rc.add_argument("--max-ppl-increase", default=None, metavar="PCT", help="e.g. 5%% or 0.05: over the fp32 perplexity")
+    rc.add_argument("--max-bytes", default=None, metavar="SIZE", help="weight bytes, e.g. 120MB")
+    rc.add_argument("--min-decode-tok-s", type=float, default=None, metavar="X", help="decode tokens/s at batch 1")
+    rc.add_argument("--max-runs", type=int, default=40, help="stop after this many runs")
+    executor_args(rc)
+    rc.add_argument("--quiet", action="store_true", help="no progress bars")
+    rc.set_defaults(func=cmd_recommend)
 
     res = sub.add_parser("results", help="stored results as a table, CSV or JSON")
     res.add_argument("--store", default=None)
