@@ -191,16 +191,20 @@ def grid_values(value: Any, where: str) -> list[Any]:
         if n > MAX_RANGE_VALUES:
             raise SweepError(f"{where}: {n} values; a range may give at most {MAX_RANGE_VALUES}")
         out = [start + i * step if integer else round(start + i * step, 10) for i in range(n)]
+    elif start == stop:
+        out = [start]
     else:
-        if start == 0 or factor <= 0 or factor == 1 or (stop / start) <= 0 or \
-                (abs(stop) > abs(start)) != (factor > 1):
+        grows = abs(stop) > abs(start)
+        if start * stop <= 0 or factor <= 0 or factor == 1 or grows != (factor > 1):
             raise SweepError(f"{where}: factor {factor} never goes from {start} to {stop}")
-        x = start
-        while (x <= stop if factor > 1 else x >= stop) if start > 0 else (x >= stop if factor > 1 else x <= stop):
+        x, tolerance = start, 1e-9 * abs(stop)
+        while (abs(x) <= abs(stop) + tolerance) if grows else (abs(x) >= abs(stop) - tolerance):
             out.append(x if integer else round(x, 10))
             if len(out) > MAX_RANGE_VALUES:
                 raise SweepError(f"{where}: more than {MAX_RANGE_VALUES} values")
             x = x * factor
+        if isinstance(start, int) and isinstance(stop, int) and all(float(v).is_integer() for v in out):
+            out = [int(v) for v in out]  # 128 -> 16 by factor 0.5: group sizes, not 64.0
     return out
 
 

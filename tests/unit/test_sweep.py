@@ -48,11 +48,15 @@ def test_a_sweep_expands_to_the_product_of_its_grids_on_each_model():
     ({"start": 128, "stop": 16, "factor": 0.5}, [128, 64, 32, 16]),
     ({"start": 32, "stop": 100, "factor": 2}, [32, 64]),
     ({"start": 1, "stop": 1, "step": 1}, [1]),
+    ({"start": 4, "stop": 4, "factor": 2}, [4]),
+    ({"start": 0.001, "stop": 1, "factor": 10}, [0.001, 0.01, 0.1, 1.0]),
+    ({"start": -1, "stop": -8, "factor": 2}, [-1, -2, -4, -8]),
     ([3, 5], [3, 5]),
     (4, [4]),
 ])
 def test_ranges_include_their_stop(value, expected):
-    assert sweep.grid_values(value, "g") == expected
+    got = sweep.grid_values(value, "g")
+    assert got == expected and [type(v) for v in got] == [type(v) for v in expected]
 
 
 def _error(text):
