@@ -109,12 +109,16 @@ def _session(args: argparse.Namespace) -> Any:
     return Session(store=args.store, executor=executor, progress=not getattr(args, "quiet", False))
 
 
-def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     data = _fields_from_pairs(DataSpec, args.data_field or [], "data")
     if args.data:
         data["source"] = args.data
+    return data
+
+
+def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "data": data or None,
+        "data": _data_options(args) or None,
         "bench": _fields_from_pairs(BenchSpec, args.bench or [], "bench") or None,
         "device": args.device,
         "timeout_s": args.timeout,
@@ -257,10 +261,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
     session = _session(args)
     params = registry.get(args.method).cls.schema.parse_cli(args.param or [])
-    opts = _spec_options(args)
-    data = opts["data"]
-    result = layer_sensitivity(session, args.model, args.method, params,
-                               data=DataSpec(**data) if data else None, timeout_s=args.timeout, force=args.force)
+    data = _data_options(args)
+    result = layer_sensitivity(session, args.model, args.method, params, data=DataSpec(**data) if data else None,
+                               timeout_s=args.timeout, force=args.force, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(result.to_json(indent=2))
         return exit_code(result)
@@ -291,7 +294,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     max_bytes=parse_bytes(args.max_bytes) if args.max_bytes else None,
                     min_decode_tok_s=args.min_decode_tok_s)
     session = _session(args)
-    rec = recommend(session, args.model, budget, max_runs=args.max_runs)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
+    rec = recommend(session, args.model, budget, max_runs=args.max_runs, methods=methods)
     results = [rec.baseline] + [s.result for s in rec.steps]
     print()
     _print_front(results)
@@ -300,10 +304,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     for why in rec.skipped:
         print(f"skipped: {why}", file=sys.stderr)
     if rec.best is None:
-        near = sorted((s for s in rec.steps if s.result.ok), key=lambda s: len(s.misses))[:3]
         print(f"no explored configuration meets the budget ({budget.describe()}). Closest:")
-        for s in near:
-            print(f"  {s.result.method} {label(s.result.method, s.result.params)}: {'; '.join(s.misses)}")
+        for s in rec.closest():
+            print(f"  {label(s.result.method, s.result.params)}: {'; '.join(s.misses)}")
         return EXIT_FAILED
     r = rec.best.result
     print(f"recommended: {label(r.method, r.params)} ({rec.best.stage}, {rec.best.bits}-bit): "
@@ -311,6 +314,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
           f"{rec.baseline.metrics['perplexity']:.3f} in fp32 ({r.metrics['perplexity'] / rec.baseline.metrics['perplexity'] - 1:+.1%})")
     print(f"reproduce with the workbench: workbench run --model {args.model} --method {r.method} "
           + " ".join(f"--param {k}={_cli_value(v)}" for k, v in r.params.items()))
+    eight = rec.best_int8
+    if eight is not None and eight is not rec.best:
+        e = eight.result.metrics["weights_bytes"]
+        print(f"against the best 8-bit run within the budget ({label(eight.result.method, eight.result.params)}, "
+              f"{mb(e)} MB): {1 - r.metrics['weights_bytes'] / e:.0%} fewer weight bytes")
+    elif eight is not None:
+        print("nothing explored below 8 bits meets the budget with fewer bytes than this 8-bit run; the smaller "
+              "runs closest to the budget:")
+        for s in rec.closest():
+            print(f"  {label(s.result.method, s.result.params)} ({mb(s.result.metrics.get('weights_bytes'))} MB): "
+                  f"{'; '.join(s.misses)}")
     print("or without it:\n" + rec.code())
     return EXIT_OK
 
@@ -503,17 +517,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --executor dask: the scheduler (tcp://host:8786); default $WORKBENCH_DASK_SCHEDULER, "
                              "else a LocalCluster of 2 worker processes here")
 
-    def spec_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
+    def model_data_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
         sp.add_argument("--model", default=model_default, required=model_default is None,
                         help="catalog name (workbench models), local directory or hub id")
         sp.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
-        sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
         sp.add_argument("--data", default=None, help="text source: pydoc-topics, file:PATH, hub:NAME[/CONFIG]")
         sp.add_argument("--data-field", action="append", metavar="K=V", help="DataSpec field, e.g. eval_windows=4")
-        sp.add_argument("--bench", action="append", metavar="K=V", help="BenchSpec field, e.g. repeats=5 batch_sizes=1,4")
         sp.add_argument("--timeout", type=float, default=None, help="seconds before the worker is killed")
         sp.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
         sp.add_argument("--force", action="store_true", help="run even if the store has a result for this spec")
+
+    def spec_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
+        model_data_args(sp, model_default)
+        sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        sp.add_argument("--bench", action="append", metavar="K=V", help="BenchSpec field, e.g. repeats=5 batch_sizes=1,4")
         executor_args(sp)
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -540,8 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
 
-    se = sub.add_parser("sensitivity", help="per-layer error and perplexity with one layer quantized at a time")
-    spec_args(se, None)
+    se = sub.add_parser("sensitivity", help="per-layer error and perplexity with one layer quantized at a time "
+                                            "(in a worker subprocess on this machine's CPU)")
+    model_data_args(se, None)
+    se.add_argument("--quiet", action="store_true", help="no progress bar")
     se.add_argument("--method", default="rtn", help="a method with a per-layer quantizer (rtn)")
     se.add_argument("--param", action="append", metavar="K=V", help="method parameter (repeatable)")
     se.add_argument("--top", type=int, default=15, help="how many of the most sensitive layers to print")
@@ -558,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--max-bytes", default=None, metavar="SIZE", help="weight bytes, e.g. 120MB")
     rc.add_argument("--min-decode-tok-s", type=float, default=None, metavar="X", help="decode tokens/s at batch 1")
     rc.add_argument("--max-runs", type=int, default=40, help="stop after this many runs")
+    rc.add_argument("--methods", default=None, metavar="A,B", help="only these backends (what you can deploy), e.g. "
+                                                                  "ov-weight,gptq; default: every one the ladder has")
     executor_args(rc)
     rc.add_argument("--quiet", action="store_true", help="no progress bars")
     rc.set_defaults(func=cmd_recommend)

@@ -3,11 +3,15 @@
     workbench recommend --model smollm2-135m --max-ppl-increase 10% [--max-bytes 120MB] [--min-decode-tok-s 20]
 
 The search walks down a ladder of bit widths (8, 6, 5, 4, 3). At each width it first runs the
-fast data-free configurations of several backends. When none of them meets the budget but the
-best misses it by less than `NEAR_MISS` times the allowed perplexity increase, it tries what can
-close the gap at that width, cheapest first: mixed precision (layer sensitivity of `rtn` at that
-width, then the most sensitive layers left in float) and then data-aware methods (AWQ with scale
-estimation in NNCF, GPTQ). With a perplexity budget it stops at the first width where nothing
+fast data-free configurations of several backends. When none of them gives a better configuration
+than the best found so far, and the closest misses the perplexity budget by less than `NEAR_MISS`
+times the allowed increase, it tries what can close the gap at that width, cheapest first: mixed
+precision (NNCF's own 4/8-bit mix chosen by its layer sensitivity; `rtn` with the layers our
+sensitivity analysis ranks worst left in float) and then data-aware methods (AWQ with scale
+estimation in NNCF, GPTQ). A candidate that cannot beat the best size found so far is not run:
+mixed precision and data-aware methods only add bytes to the same method's data-free run at that
+width (`rtn` keeps the embedding in float, so at 4 bits it can never be smaller than an int8 model
+that quantizes it). With a perplexity budget the search stops at the first width where nothing
 meets it (fewer bits only lose accuracy); with only a size budget, at the first width that fits
 but does not improve perplexity. Every run is a normal stored run, so a second search with
 another budget reuses them.
@@ -20,13 +24,15 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .errors import InvalidParams, ParamError, WorkbenchError
+from .errors import InvalidParams, ParamError, RunFailed, WorkbenchError
 from .result import RunResult
 from .spec import BenchSpec, DataSpec
 
 if TYPE_CHECKING:  # pragma: no cover
+    import threading
+
     from .session import Session
 
 # The light protocol: budgets are relative to the fp32 baseline measured the same way.
@@ -49,10 +55,18 @@ DATA_FREE: dict[int, list[Config]] = {
         ("rtn", {"bits": 4, "group_size": 32, "sym": False}), ("ort-int4", {"block_size": 32})],
     3: [("rtn", {"bits": 3, "group_size": 32, "sym": False}), ("hqq", {"nbits": 3, "group_size": 64})],
 }
+# Mixed precision a backend chooses itself: NNCF keeps the (1 - ratio) most sensitive layers in
+# int8 by its data-free sensitivity metric. `rtn` mixes are built from our own layer sensitivity.
+MIXED: dict[int, list[Config]] = {
+    4: [("ov-weight", {"bits": 4, "group_size": 64, "ratio": 0.8}),
+        ("ov-weight", {"bits": 4, "group_size": 64, "ratio": 0.6})],
+}
+_AWQ_SE = {"awq": True, "scale_estimation": True, "dataset": "pydoc-topics"}
 DATA_AWARE: dict[int, list[Config]] = {
-    4: [("ov-weight", {"bits": 4, "group_size": 64, "awq": True, "scale_estimation": True,
-                       "dataset": "pydoc-topics"}),
-        ("gptq", {"bits": 4, "group_size": 64, "sym": True, "dataset": "pydoc-topics"})],
+    4: [("ov-weight", {"bits": 4, "group_size": 64, **_AWQ_SE}),
+        ("ov-weight", {"bits": 4, "group_size": 64, "ratio": 0.8, **_AWQ_SE}),
+        ("gptq", {"bits": 4, "group_size": 64, "sym": True, "dataset": "pydoc-topics"}),
+        ("gptq", {"bits": 4, "group_size": 32, "sym": True, "dataset": "pydoc-topics"})],
     3: [("gptq", {"bits": 3, "group_size": 32, "sym": True, "dataset": "pydoc-topics"})],
 }
 
@@ -99,12 +113,30 @@ class Budget:
             out.append(f"decode {speed or 0:.1f} tok/s < {self.min_decode_tok_s:g}")
         return out
 
+    @property
+    def ranks_by_size(self) -> bool:
+        """Fewest bytes wins, unless bytes are the only bound (then the lowest perplexity under it)."""
+        return not (self.max_bytes is not None and self.max_ppl_increase is None)
+
     def key(self, r: RunResult) -> tuple[float, float]:
         """Smaller is better among feasible runs."""
         size, ppl = r.metrics.get("weights_bytes") or 0.0, r.metrics.get("perplexity") or float("inf")
-        if self.max_bytes is not None and self.max_ppl_increase is None:
-            return (ppl, size)
-        return (size, ppl)
+        return (size, ppl) if self.ranks_by_size else (ppl, size)
+
+    def shortfall(self, r: RunResult, baseline_ppl: float) -> float:
+        """How far `r` is from meeting the budget, summed over constraints as fractions (0: meets it)."""
+        if not r.status.succeeded:
+            return float("inf")
+        m, out = r.metrics, 0.0
+        limit = self.ppl_limit(baseline_ppl)
+        ppl, size, speed = m.get("perplexity"), m.get("weights_bytes"), m.get("decode_tok_s")
+        if limit is not None:
+            out += float("inf") if ppl is None else max(0.0, ppl / limit - 1)
+        if self.max_bytes is not None:
+            out += float("inf") if size is None else max(0.0, size / self.max_bytes - 1)
+        if self.min_decode_tok_s is not None:
+            out += float("inf") if not speed else max(0.0, self.min_decode_tok_s / speed - 1)
+        return out
 
     def describe(self) -> str:
         parts = []
@@ -125,6 +157,7 @@ class Step:
     bits: int
     result: RunResult
     misses: list[str]
+    asked: dict = field(default_factory=dict)  # the parameters the search set (the rest are defaults)
 
     @property
     def feasible(self) -> bool:
@@ -147,6 +180,22 @@ class Recommendation:
     def runs(self) -> int:
         return len(self.steps)
 
+    @property
+    def best_int8(self) -> Step | None:
+        """The smallest 8-bit run that meets the budget: what a 4-bit or mixed answer must beat."""
+        eight = [s for s in self.steps if s.bits == 8 and s.feasible]
+        return min(eight, key=lambda s: s.result.metrics.get("weights_bytes") or float("inf"), default=None)
+
+    def closest(self, n: int = 3) -> list[Step]:
+        """The `n` runs that miss the budget by the least; with a recommendation, only those smaller
+        than it (what would have beaten it)."""
+        base = float(self.baseline.metrics["perplexity"])
+        misses = [s for s in self.steps if not s.feasible and s.result.ok]
+        if self.best is not None:
+            size = self.best.result.metrics.get("weights_bytes") or 0.0
+            misses = [s for s in misses if (s.result.metrics.get("weights_bytes") or size) < size]
+        return sorted(misses, key=lambda s: self.budget.shortfall(s.result, base))[:n]
+
     def code(self) -> str:
         if self.best is None:
             return ""
@@ -154,6 +203,11 @@ class Recommendation:
 
         r = self.best.result
         return registry.get(r.method).cls().code(self.model, r.params)
+
+
+def ladder_methods() -> list[str]:
+    """The backends the search can use, in the order it tries them."""
+    return list(dict.fromkeys(m for table in (DATA_FREE, MIXED, DATA_AWARE) for v in table.values() for m, _ in v))
 
 
 def parse_fraction(text: str) -> float:
@@ -176,53 +230,62 @@ def parse_bytes(text: str) -> int:
 
 
 def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec = DATA,
-              max_runs: int = 40, log: Callable[[str], None] = print) -> Recommendation:
-    """Search the ladder for `model` under `budget` (see the module docstring)."""
+              max_runs: int = 40, methods: Sequence[str] | None = None, log: Callable[[str], None] = print,
+              stop: "threading.Event | None" = None) -> Recommendation:
+    """Search the ladder for `model` under `budget` (see the module docstring).
+
+    `methods` keeps only those backends' configurations (what you can deploy: `["ov-weight"]`);
+    `log` gets one line per run; setting `stop` (the app's Stop button) ends the search before
+    its next run, with what it found so far."""
+    errors = []
+    if max_runs < 1:
+        errors.append(ParamError("max_runs", f"got {max_runs!r}; allowed: a whole number of runs, at least 1"))
+    known = ladder_methods()
+    if methods is not None and (not methods or set(methods) - set(known)):
+        bad = sorted(set(methods) - set(known)) or "nothing"
+        errors.append(ParamError("methods", f"got {bad}; allowed: one or more of {', '.join(known)}"))
+    if errors:
+        raise InvalidParams(errors, context="recommend")
+    keep = set(methods or known)
+    data_free, mixed, data_aware = ({bits: [c for c in configs if c[0] in keep] for bits, configs in table.items()}
+                                    for table in (DATA_FREE, MIXED, DATA_AWARE))
     start = time.monotonic()
     bench = SPEED_BENCH if budget.min_decode_tok_s is not None else BENCH
     baseline = session.run(model, "baseline", bench=bench, data=data)
-    if not baseline.ok or baseline.metrics.get("perplexity") is None:
-        raise WorkbenchError(f"recommend: the fp32 baseline of {model} did not run ({baseline.status.value}: "
-                             f"{baseline.error}); the budget is relative to it")
+    if not baseline.ok:
+        first = (baseline.error or "").strip().splitlines()[:1]
+        raise RunFailed(f"recommend: the fp32 baseline of {model} {baseline.status.value}"
+                        f"{': ' + first[0] if first else ''}; every budget is relative to it")
+    if baseline.metrics.get("perplexity") is None:
+        raise InvalidParams([ParamError("model", f"{model} has no perplexity (the budget search measures "
+                                                 "perplexity; allowed: a causal language model)")], context="recommend")
     base_ppl = float(baseline.metrics["perplexity"])
     rec = Recommendation(model=model, budget=budget, baseline=baseline)
-    rec.space = sum(len(v) for v in DATA_FREE.values()) + sum(len(v) for v in DATA_AWARE.values()) \
-        + len(MIXED_EXCLUDES) * len(DATA_FREE)
+    rec.space = sum(len(v) for table in (data_free, mixed, data_aware) for v in table.values()) \
+        + (len(MIXED_EXCLUDES) * sum(any(m == "rtn" for m, _ in v) for v in data_free.values()))
     limit = budget.ppl_limit(base_ppl)
     log(f"fp32 baseline: perplexity {base_ppl:.3f}, {mb(baseline.metrics['weights_bytes'])} MB; "
         f"budget: {budget.describe()}" + (f" (perplexity <= {limit:.3f})" if limit else ""))
+    search = _Search(session, model, budget, rec, data, bench, base_ppl, max_runs, log, stop,
+                     mixed=mixed, data_aware=data_aware, rtn=data_free)
 
-    def run(stage: str, bits: int, method: str, params: Mapping[str, Any]) -> Step | None:
-        if rec.runs >= max_runs:
-            return None
-        spec = session.make_spec(model, method, dict(params), bench=bench, data=data)
-        try:
-            spec = session.validate(spec)
-        except WorkbenchError as e:
-            rec.skipped.append(f"{method} {dict(params)}: {str(e).splitlines()[0]}")
-            return None
-        r = session.submit(spec)
-        step = Step(stage, bits, r, budget.misses(r, base_ppl))
-        rec.steps.append(step)
-        log(f"  {stage:>10} {bits}-bit  {r.method} {_short(r)}: " + ("meets the budget" if step.feasible else
-                                                                  "; ".join(step.misses)))
-        return step
-
-    for bits in sorted(DATA_FREE, reverse=True):
-        if rec.runs >= max_runs:
-            rec.stopped = f"stopped at the run limit ({max_runs})"
-            break
-        here = [s for s in (run("data-free", bits, m, p) for m, p in DATA_FREE[bits]) if s is not None]
+    for bits in sorted(data_free, reverse=True):
+        if not data_free[bits]:  # none of the chosen backends has a configuration at this width
+            continue
+        before = rec.best
+        here = [s for s in (search.run("data-free", bits, m, p) for m, p in data_free[bits]) if s is not None]
         feasible = [s for s in here if s.feasible]
-        if not feasible and limit is not None:
+        search.take(feasible)
+        if rec.best is before and limit is not None:
             ok = [s for s in here if s.result.ok and s.result.metrics.get("perplexity")]
             nearest = min(ok, key=lambda s: s.result.metrics["perplexity"], default=None)
-            allowed = limit - base_ppl
-            if nearest is not None and nearest.result.metrics["perplexity"] - limit <= NEAR_MISS * allowed:
-                feasible = _close_the_gap(session, model, bits, data, run)
-        improved = [s for s in feasible if rec.best is None or budget.key(s.result) < budget.key(rec.best.result)]
-        if improved:
-            rec.best = min(improved, key=lambda s: budget.key(s.result))
+            if nearest is not None and nearest.result.metrics["perplexity"] - limit <= NEAR_MISS * (limit - base_ppl):
+                feasible += search.close_the_gap(bits)
+        improved = rec.best is not before
+        if search.halted:  # this width may not be complete: no conclusion from it
+            rec.stopped = "stopped on request" if stop is not None and stop.is_set() else \
+                f"stopped at the run limit ({max_runs})"
+            break
         if limit is not None and not feasible:
             # Fewer bits only lose accuracy: below a width where nothing meets the budget, nothing will.
             rec.stopped = f"stopped at {bits} bits: nothing at this width meets the perplexity budget"
@@ -236,31 +299,122 @@ def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec 
     return rec
 
 
-def _close_the_gap(session: "Session", model: str, bits: int, data: DataSpec,
-                   run: Callable[..., Step | None]) -> list[Step]:
-    """Mixed precision (cheapest), then data-aware methods, until one meets the budget."""
-    rtn = next((p for m, p in DATA_FREE[bits] if m == "rtn"), None)
-    if rtn is not None:
-        try:
-            sens = session.sensitivity(model, "rtn", rtn, data=DataSpec(
-                eval_windows=2, window=data.window, calib_samples=8, calib_seq_len=data.window))
-        except WorkbenchError:
-            sens = None
-        if sens is not None and sens.ok:
-            from .sensitivity import sensitivity_frame
+@dataclass
+class _Search:
+    session: "Session"
+    model: str
+    budget: Budget
+    rec: Recommendation
+    data: DataSpec
+    bench: BenchSpec
+    base_ppl: float
+    max_runs: int
+    log: Callable[[str], None]
+    stop: "threading.Event | None" = None
+    mixed: dict[int, list[Config]] = field(default_factory=dict)
+    data_aware: dict[int, list[Config]] = field(default_factory=dict)
+    rtn: dict[int, list[Config]] = field(default_factory=dict)  # the data-free table rtn mixes start from
 
-            order = list(sensitivity_frame(sens)["layer"])
-            for k in MIXED_EXCLUDES:
-                if k >= len(order):
+    @property
+    def halted(self) -> bool:
+        return self.rec.runs >= self.max_runs or (self.stop is not None and self.stop.is_set())
+
+    def run(self, stage: str, bits: int, method: str, params: Mapping[str, Any]) -> Step | None:
+        rec = self.rec
+        if self.halted:
+            return None
+        spec = self.session.make_spec(self.model, method, dict(params), bench=self.bench, data=self.data)
+        try:
+            spec = self.session.validate(spec)
+        except WorkbenchError as e:
+            rec.skipped.append(f"{method} {dict(params)}: {str(e).splitlines()[0]}")
+            return None
+        r = self.session.submit(spec)
+        step = Step(stage, bits, r, self.budget.misses(r, self.base_ppl), dict(params))
+        rec.steps.append(step)
+        self.log(f"  {stage:>10} {bits}-bit  {r.method} {_short(r)}: " + ("meets the budget" if step.feasible else
+                                                                       "; ".join(step.misses)))
+        return step
+
+    def take(self, steps: list[Step]) -> None:
+        """The best of the feasible `steps` becomes the best so far if it beats it."""
+        rec, key = self.rec, self.budget.key
+        better = [s for s in steps if s.feasible and (rec.best is None or key(s.result) < key(rec.best.result))]
+        if better:
+            rec.best = min(better, key=lambda s: key(s.result))
+
+    def floor(self, bits: int, method: str, params: Mapping[str, Any]) -> float | None:
+        """The fewest bytes a `method` candidate with `params` can have: the largest run of this
+        width whose asked parameters it extends (mixed precision and data-aware variants only add
+        bytes to them). None when no such run succeeded."""
+        sizes = [s.result.metrics.get("weights_bytes") for s in self.rec.steps
+                 if s.bits == bits and s.result.method == method and s.result.ok
+                 and all(params.get(k) == v for k, v in s.asked.items())]
+        return max((x for x in sizes if x), default=None)
+
+    def hopeless(self, stage: str, bits: int, method: str, params: Mapping[str, Any]) -> bool:
+        """Whether a candidate cannot be smaller than the best so far, so is not run (only when the
+        budget ranks configurations by size)."""
+        best = self.rec.best
+        floor = self.floor(bits, method, params)
+        if best is None or floor is None or not self.budget.ranks_by_size:
+            return False
+        best_bytes = best.result.metrics.get("weights_bytes") or 0.0
+        if floor < best_bytes:
+            return False
+        note = f"{stage} {bits}-bit {method}: not run, it cannot be smaller than {mb(floor)} MB (best: {mb(best_bytes)} MB)"
+        if note not in self.rec.skipped:
+            self.rec.skipped.append(note)
+            self.log(f"  {stage:>10} {bits}-bit  {method}: skipped, it cannot beat {mb(best_bytes)} MB "
+                     f"(a run it extends has {mb(floor)} MB)")
+        return True
+
+    def close_the_gap(self, bits: int) -> list[Step]:
+        """Mixed precision (cheapest), then data-aware methods, while a candidate can still improve.
+
+        Each backend's candidates are listed smallest first, so once one meets the budget the
+        same backend's later ones in that stage are not run."""
+        found: list[Step] = []
+
+        def attempt(stage: str, method: str, params: Mapping[str, Any]) -> Step | None:
+            if any(s.result.method == method and s.stage == stage for s in found):
+                return None
+            # a method without a run at this width to extend (GPTQ) has no known floor: it is
+            # only worth its calibration while nothing at this width met the budget
+            if found and self.floor(bits, method, params) is None:
+                return None
+            if self.hopeless(stage, bits, method, params):
+                return None
+            step = self.run(stage, bits, method, params)
+            if step is not None and step.feasible:
+                found.append(step)
+                self.take([step])
+            return step
+
+        for method, params in self.mixed.get(bits, []):
+            attempt("mixed", method, params)
+        rtn = next((p for m, p in self.rtn.get(bits, []) if m == "rtn"), None)
+        if rtn is not None and not self.hopeless("mixed", bits, "rtn", {**rtn, "exclude": None}):
+            for excluded in self._most_sensitive(rtn):
+                if attempt("mixed", "rtn", {**rtn, "exclude": ["lm_head", *excluded]}) is None:
                     break
-                step = run("mixed", bits, "rtn", {**rtn, "exclude": ["lm_head", *order[:k]]})
-                if step is not None and step.feasible:
-                    return [step]
-    for method, params in DATA_AWARE.get(bits, []):
-        step = run("data-aware", bits, method, params)
-        if step is not None and step.feasible:
-            return [step]
-    return []
+        for method, params in self.data_aware.get(bits, []):
+            attempt("data-aware", method, params)
+        return found
+
+    def _most_sensitive(self, rtn: Mapping[str, Any]) -> list[list[str]]:
+        """The layers to leave in float, most sensitive first, for each count in MIXED_EXCLUDES."""
+        try:
+            sens = self.session.sensitivity(self.model, "rtn", rtn, data=DataSpec(
+                eval_windows=2, window=self.data.window, calib_samples=8, calib_seq_len=self.data.window))
+        except WorkbenchError:
+            return []
+        if sens is None or not sens.ok:
+            return []
+        from .sensitivity import sensitivity_frame
+
+        order = list(sensitivity_frame(sens)["layer"])
+        return [order[:k] for k in MIXED_EXCLUDES if k < len(order)]
 
 
 def mb(n: float | None) -> str:

@@ -39,7 +39,7 @@ def supported_methods() -> list[str]:
 
 def layer_sensitivity(session: "Session", model: str, method: str = "rtn", params: Mapping[str, Any] | None = None,
                       *, data: DataSpec | None = None, timeout_s: float | None = None, force: bool = False,
-                      progress: "Progress | None" = None) -> RunResult:
+                      trust_remote_code: bool = False, progress: "Progress | None" = None) -> RunResult:
     """The stored analysis for this model, method, parameters and data, or a new one (stored).
 
     Bad input raises (InvalidParams naming the parameter, before any worker starts); a failed
@@ -52,7 +52,11 @@ def layer_sensitivity(session: "Session", model: str, method: str = "rtn", param
     if not ref.cls.has_layer_quantizer():
         raise InvalidParams([ParamError("method", f"{method!r} has no per-layer quantizer; allowed: "
                                                   f"{', '.join(supported_methods())}")], context="sensitivity")
-    spec = session.validate(session.make_spec(model, method, params, data=data, bench=BENCH, timeout_s=timeout_s))
+    # Always a worker subprocess on this machine's CPU: the analysis quantizes one layer at a time
+    # in one process, and its result is a table, not a benchmark.
+    options = {"trust_remote_code": True} if trust_remote_code else {}
+    spec = session.validate(session.make_spec(model, method, params, data=data, bench=BENCH, timeout_s=timeout_s,
+                                              **options))
     kind = session.describe(spec.model).kind
     if kind != "causal-lm":
         raise InvalidParams([ParamError("model", f"{spec.model.id} is of kind {kind}; layer sensitivity measures "

@@ -137,6 +137,16 @@ class ResultStore:
         res.cached = True
         return res
 
+    def analyses(self, kind: str) -> list[RunResult]:
+        """Every successful analysis of `kind`, the latest per spec key, newest first."""
+        with closing(self._connect()) as con:
+            rows = con.execute("SELECT result FROM analyses WHERE id IN (SELECT MAX(id) FROM analyses WHERE kind=? "
+                               "AND status=? GROUP BY key) ORDER BY id DESC", (kind, RunStatus.OK.value)).fetchall()
+        out = [RunResult.from_json(r[0]) for r in rows]
+        for r in out:
+            r.cached = True
+        return out
+
     def latest(self, key: str) -> RunResult | None:
         """The latest stored result for a spec key, whatever its status."""
         with closing(self._connect()) as con:

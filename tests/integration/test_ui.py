@@ -60,3 +60,40 @@ def test_cancel_kills_a_running_worker_and_drops_a_queued_one(app):
     running.cancel.click()
     assert app.queue.wait(60)
     assert running.result.status is RunStatus.CANCELLED and queued.result is None
+
+
+@requires_torch_env
+def test_a_sweep_from_the_panel_runs_through_the_queue_and_resumes(app):
+    app.select(model="tiny-llama")
+    app.sweeps.text.value = '''name = "ui"
+models = ["tiny-llama"]
+[data]
+eval_windows = 2
+window = 64
+[bench]
+latency = false
+save = false
+[[runs]]
+method = "rtn"
+grid = {bits = [8, 4], group_size = [16]}
+'''
+    first = app.sweeps.run()
+    assert len(first) == 2 and app.queue.wait(300)
+    assert all(item.result.status is RunStatus.OK for item in first), [i.result.error for i in first]
+    # the app refreshed the sweep's table and progress as each run ended
+    assert app.sweeps.progress.description == "2/2" and app.sweeps.plan_table.value.count(">ok<") == 2
+    assert "2 of 2 stored runs" in app.results.count.value
+    assert app.sweeps.run() == [] and "every configuration is stored" in app.sweeps.summary.value
+
+
+@requires_torch_env
+def test_layer_sensitivity_from_the_panel_fills_the_table_and_the_heatmap(app):
+    app.select(model="tiny-llama")
+    app.sensitivity.form.set_values({"bits": 2, "group_size": "16"})
+    app.sensitivity.analyse(wait=True)
+    result = app.sensitivity.result
+    assert result is not None and result.ok, (result and result.error)
+    assert "14 layers" in app.sensitivity.status.value and "most sensitive layers" in app.sensitivity.top.value
+    assert app.plots.choice.value == "layer sensitivity"
+    heatmap = app.plots.figures["layer sensitivity"].data[0]
+    assert heatmap.type == "heatmap" and len(heatmap.x) == 2  # tiny-llama's two blocks

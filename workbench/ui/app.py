@@ -28,6 +28,7 @@ from .check import Verdict, check
 from .form import ParamForm
 from .pickers import CUSTOM, MethodPicker, ModelPicker
 from .queue import QueueItem, RunQueue
+from .explore import RecommendPanel, SensitivityPanel, SweepPanel
 from .views import PlotsView, ResultsView
 
 
@@ -53,6 +54,17 @@ class App:
         self.plots = PlotsView(self.session)
         self.queue = RunQueue(self.session, on_done=self._guarded(self._finished))
         self.verdict = Verdict()
+        self.sweeps = SweepPanel(self.session, self.queue, model=lambda: self.models.value)
+        self.sensitivity = SensitivityPanel(self.session, model=lambda: self.models.value,
+                                            on_done=self._guarded(self._sensitivity_done))
+        self.recommend = RecommendPanel(self.session, model=lambda: self.models.value,
+                                        on_done=self._guarded(self.refresh))
+        self.sweeps.check_button.on_click(self._guarded(lambda _b: self.sweeps.check()))
+        self.sweeps.run_button.on_click(self._guarded(lambda _b: self.sweeps.run()))
+        self.sensitivity.button.on_click(self._guarded(lambda _b: self.sensitivity.analyse()))
+        self.recommend.button.on_click(self._guarded(lambda _b: self.recommend.search()))
+        self.explore = W.Tab(children=[self.sweeps.widget, self.sensitivity.widget, self.recommend.widget],
+                             titles=("Sweep", "Layer sensitivity", "Budget search"))
         self.run_button.on_click(self._guarded(lambda _b: self.run()))
         self._method_changed()
         left = W.VBox([W.HTML("<h3>Model</h3>"), self.models.widget, W.HTML("<h3>Method</h3>"),
@@ -60,7 +72,9 @@ class App:
                        self.code_box], layout=W.Layout(width="52%"))
         right = W.VBox([self.queue.widget], layout=W.Layout(width="46%"))
         self.widget = W.VBox([W.HBox([left, right]), self.errors, W.HTML("<h3>Results</h3>"),
-                              self.results.widget, W.HTML("<h3>Comparisons</h3>"), self.plots.widget])
+                              self.results.widget, W.HTML("<h3>Comparisons</h3>"), self.plots.widget,
+                              W.HTML("<h3>Many configurations: sweeps, layer sensitivity, budget search</h3>"),
+                              self.explore])
         if os.environ.get("VOILA_PREHEAT") == "True":
             threading.Thread(target=self._refresh_when_opened, name="workbench-preheat", daemon=True).start()
 
@@ -126,8 +140,13 @@ class App:
         except Exception as e:  # noqa: BLE001 - a template that cannot render says so
             self.code.value = f"# no code for this configuration: {e}"
 
-    def _finished(self, _result: RunResult) -> None:
+    def _finished(self, result: RunResult) -> None:
         self.refresh()
+        self.sweeps.update(result)
+
+    def _sensitivity_done(self, _result: RunResult) -> None:
+        self.plots.refresh()
+        self.plots.choice.value = "layer sensitivity"
 
     def _refresh_when_opened(self) -> None:
         """Voila fills its pool of preheated kernels by running the notebook before anyone asks,

@@ -67,6 +67,19 @@ class ResultsView:
             else f"<i>{plots.NO_RUNS if not len(self.df) else 'no run matches the filter'}</i>"
 
 
+def latest_sensitivity(session: Any) -> go.Figure:
+    """The heatmap of the latest stored layer-sensitivity analysis (an empty figure without one)."""
+    from ..result import label
+    from ..sensitivity import KIND, sensitivity_frame
+
+    found = session.store.analyses(KIND)
+    if not found:
+        return plots.sensitivity_heatmap(None, title="Layer sensitivity")
+    r = found[0]
+    return plots.sensitivity_heatmap(sensitivity_frame(r), title=f"Layer sensitivity of {r.model}, "
+                                     f"{label(r.method, r.params)}: perplexity increase with only that layer quantized")
+
+
 # name -> figure from the stored results. One is shown at a time (see PlotsView).
 PLOTS: dict[str, Callable[[Any], go.Figure]] = {
     "accuracy vs memory": lambda s: plots.accuracy_vs_memory(s.dataframe(), accuracy=None),
@@ -74,6 +87,7 @@ PLOTS: dict[str, Callable[[Any], go.Figure]] = {
     "memory per batch": lambda s: plots.memory_per_batch(s.results()),
     "tokens/s per length": lambda s: plots.tokens_per_s_per_length(s.results()),
     "throughput per batch": lambda s: plots.throughput_per_batch(s.results()),
+    "layer sensitivity": latest_sensitivity,
 }
 TABLE = "benchmark table"
 
@@ -138,4 +152,4 @@ class PlotsView:
         self.body.children = [self.figure]
 
 
-__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "replace_figure", "table_view"]
+__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "latest_sensitivity", "replace_figure", "table_view"]
