@@ -65,6 +65,7 @@ _AWQ_SE = {"awq": True, "scale_estimation": True, "dataset": "pydoc-topics"}
 DATA_AWARE: dict[int, list[Config]] = {
     4: [("ov-weight", {"bits": 4, "group_size": 64, **_AWQ_SE}),
         ("ov-weight", {"bits": 4, "group_size": 64, "ratio": 0.8, **_AWQ_SE}),
+        ("ov-weight", {"bits": 4, "group_size": 64, "ratio": 0.6, **_AWQ_SE}),
         ("gptq", {"bits": 4, "group_size": 64, "sym": True, "dataset": "pydoc-topics"}),
         ("gptq", {"bits": 4, "group_size": 32, "sym": True, "dataset": "pydoc-topics"})],
     3: [("gptq", {"bits": 3, "group_size": 32, "sym": True, "dataset": "pydoc-topics"})],

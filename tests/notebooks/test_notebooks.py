@@ -5,6 +5,7 @@ user)."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -137,6 +138,10 @@ def test_sweeps():
     text = "\n".join(outputs(run_notebook("06-sweeps.ipynb")))
     assert "7 configurations, 0 already stored, 7 to run" in text  # the sweep's plan, on a fresh store
     assert "6 configurations, 6 succeeded" in text
+    # the budget search restricted to rtn: smaller than its 8-bit run, within 20%, reusing the sweep's runs
+    m = re.search(r"recommended: rtn (\d)-bit.*\(\+([\d.]+)%\); (\d+)% fewer bytes than the 8-bit run", text)
+    assert m and int(m.group(1)) < 8 and float(m.group(2)) <= 20 and int(m.group(3)) > 0, text[-3000:]
+    assert "from workbench.teach.qlinear import QuantLinear" in text  # the code that reproduces it
     from workbench.session import Session
 
     session = Session(progress=False)

@@ -186,6 +186,6 @@ def test_methods_limits_the_search_to_the_backends_you_can_deploy():
     # no ov-weight configuration at 6 or 5 bits: those widths are passed over, not judged
     assert [st.bits for st in r.steps] == [8, 4, 4, 4, 4]
     assert (r.best.stage, r.best.result.params.get("awq")) == ("data-aware", True)
-    assert r.space == 1 + 1 + 2 + 2 and "the whole ladder was explored" in r.stopped
+    assert r.space == 1 + 1 + 2 + 3 and "the whole ladder was explored" in r.stopped
     with pytest.raises(InvalidParams, match=r"methods: got \['bnb'\]; allowed: one or more of ov-weight, torchao"):
         rec.recommend(FakeSession(), "m", rec.Budget(max_ppl_increase=0.10), methods=["ov-weight", "bnb"])

@@ -3,6 +3,9 @@
     from workbench.ui import App
     App().widget            # in a notebook (Voila serves the same)
 
+Under the results and the plots, three tabs explore many configurations at once (`explore.py`):
+a sweep file, layer sensitivity, and the budget search.
+
 Every handler is a plain method that tests call from Python: `select(model=..., method=...)`,
 `set_params({...})`, `run()`. A bad value shows a message under its field and disables Run with
 the reason; nothing a control does raises into the notebook (`_guarded`).
