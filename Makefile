@@ -23,9 +23,18 @@ LAB_PORT ?= 8888
 
 .PHONY: setup demo test test-unit test-torch test-integration bench app lab clean
 
-$(VENV)/.installed: pyproject.toml
+# Plug-in packages (their own pyproject.toml; found only through the `workbench.methods` entry point).
+EXTENSIONS := $(wildcard extensions/*/pyproject.toml)
+
+$(VENV)/.installed: pyproject.toml $(EXTENSIONS)
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[ui,test,dask]'
+	$(foreach x,$(EXTENSIONS),$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e $(dir $(x)) &&) true
+	touch $@
+
+# A plug-in's worker imports it in the backend environment its method runs in (torch for gguf).
+$(TORCH_ENV)/.extensions: $(TORCH_ENV)/workbench-env.json $(EXTENSIONS)
+	$(foreach x,$(EXTENSIONS),$(TORCH_PY) -m pip install -q --disable-pip-version-check --no-deps -e $(dir $(x)) &&) true
 	touch $@
 
 $(WORKBENCH_HOME)/envs/%/workbench-env.json: $(VENV)/.installed workbench/envs/%.txt workbench/envs/%-nodeps.txt
@@ -38,12 +47,13 @@ $(TORCH_ENV)/.test-deps: $(TORCH_ENV)/workbench-env.json
 # The backend environments are independent: pip installs them side by side (about 3.5 min for all).
 setup: $(VENV)/.installed
 	$(MAKE) --no-print-directory -j$(words $(ENVS)) $(foreach e,$(ENVS),$(WORKBENCH_HOME)/envs/$(e)/workbench-env.json)
+	$(MAKE) --no-print-directory $(TORCH_ENV)/.extensions
 
 demo: setup
 	$(WB) compare --model smollm2-135m --report results/report.html
 
 test: setup $(TORCH_ENV)/.test-deps
-	$(VENV)/bin/python -m pytest tests/unit -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests/unit extensions -q $(PYTEST_ARGS)
 	PYTHONPATH=$(CURDIR) $(TORCH_PY) -m pytest tests/torch -q -m "not slow" $(PYTEST_ARGS)
 	$(VENV)/bin/python -m pytest tests/integration -q -m "not slow" -n $(INTEGRATION_WORKERS) --dist loadfile --durations=12 $(PYTEST_ARGS)
 	$(VENV)/bin/python -m pytest tests/browser -q $(PYTEST_ARGS)

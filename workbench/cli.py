@@ -123,6 +123,7 @@ def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "timeout_s": args.timeout,
         "trust_remote_code": args.trust_remote_code,
+        **({"use_safetensors": False} if args.allow_pickle_weights else {}),
     }
 
 
@@ -263,7 +264,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     params = registry.get(args.method).cls.schema.parse_cli(args.param or [])
     data = _data_options(args)
     result = layer_sensitivity(session, args.model, args.method, params, data=DataSpec(**data) if data else None,
-                               timeout_s=args.timeout, force=args.force, trust_remote_code=args.trust_remote_code)
+                               timeout_s=args.timeout, force=args.force, trust_remote_code=args.trust_remote_code,
+                               allow_pickle_weights=args.allow_pickle_weights)
     if args.json:
         print(result.to_json(indent=2))
         return exit_code(result)
@@ -524,7 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", default=None, help="text source: pydoc-topics, file:PATH, hub:NAME[/CONFIG]")
         sp.add_argument("--data-field", action="append", metavar="K=V", help="DataSpec field, e.g. eval_windows=4")
         sp.add_argument("--timeout", type=float, default=None, help="seconds before the worker is killed")
-        sp.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
+        sp.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code from the model repository (off by default; the result says it was on)")
+        sp.add_argument("--allow-pickle-weights", action="store_true",
+                        help="load .bin (pickle) weights when a model has no safetensors (off by default: unpickling "
+                             "can run code; the result says it was allowed)")
         sp.add_argument("--force", action="store_true", help="run even if the store has a result for this spec")
 
     def spec_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:

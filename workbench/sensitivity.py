@@ -39,7 +39,8 @@ def supported_methods() -> list[str]:
 
 def layer_sensitivity(session: "Session", model: str, method: str = "rtn", params: Mapping[str, Any] | None = None,
                       *, data: DataSpec | None = None, timeout_s: float | None = None, force: bool = False,
-                      trust_remote_code: bool = False, progress: "Progress | None" = None) -> RunResult:
+                      trust_remote_code: bool = False, allow_pickle_weights: bool = False,
+                      progress: "Progress | None" = None) -> RunResult:
     """The stored analysis for this model, method, parameters and data, or a new one (stored).
 
     Bad input raises (InvalidParams naming the parameter, before any worker starts); a failed
@@ -54,7 +55,8 @@ def layer_sensitivity(session: "Session", model: str, method: str = "rtn", param
                                                   f"{', '.join(supported_methods())}")], context="sensitivity")
     # Always a worker subprocess on this machine's CPU: the analysis quantizes one layer at a time
     # in one process, and its result is a table, not a benchmark.
-    options = {"trust_remote_code": True} if trust_remote_code else {}
+    options = {**({"trust_remote_code": True} if trust_remote_code else {}),
+               **({"use_safetensors": False} if allow_pickle_weights else {})}
     spec = session.validate(session.make_spec(model, method, params, data=data, bench=BENCH, timeout_s=timeout_s,
                                               **options))
     kind = session.describe(spec.model).kind
@@ -75,6 +77,9 @@ def layer_sensitivity(session: "Session", model: str, method: str = "rtn", param
     finally:
         if bar is not None:
             bar.close()
+    from .security import spec_warnings
+
+    result.warnings = spec_warnings(spec) + list(result.warnings)
     session.store.append_analysis(KIND, result)
     return result
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import registry
-from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
+from .errors import DataError, InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
 from .exec import Executor, Progress, get_executor
 from .paths import store_path
 from .registry import cuda_present
@@ -124,10 +124,17 @@ class Session:
             errors += cls().check_model(params, info)
         if errors:
             raise InvalidParams(errors, context=f"{cls.name} on {spec.model.id}")
-        if not spec.data.source.startswith("hub:"):
-            from .data import text
+        from .data import text
 
-            text.load_text(spec.data)  # DataError for a missing, unreadable or empty file; cheap otherwise
+        offline = text.hub_offline_error(spec.data.source)
+        if offline:
+            raise DataError(f"data.source: {offline}")
+        if not spec.data.source.startswith("hub:"):
+            full = text.load_text(spec.data)  # DataError for a missing, unreadable or empty file; cheap otherwise
+            windows = info.kind == "causal-lm" and spec.bench.accuracy
+            short = text.evaluation_size_error(spec.data, full) if windows else None
+            if short:
+                raise DataError(short)
         if device == "cuda" and not cuda_present():
             raise MethodUnavailable("device: cuda was asked for but this machine has no CUDA device; allowed here: cpu")
         reason = registry.unavailable_reason(ref) or cls().unavailable_reason(params, spec.device)
@@ -184,6 +191,9 @@ class Session:
         finally:
             if bar is not None:
                 bar.close()
+        from .security import spec_warnings
+
+        result.warnings = spec_warnings(spec) + [w for w in result.warnings if not w.startswith("security: ")]
         self.store.append(result)
         return result
 

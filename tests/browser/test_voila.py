@@ -60,7 +60,8 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     model.select_option(_option(model, "tiny-llama"))
     method = page.get_by_label("method", exact=True)
     method.select_option(_option(method, "workbench · rtn"))
-    bits = page.locator(".widget-slider", has=page.locator("label", has_text=re.compile(r"^bits$")))
+    # the layer-sensitivity tab has an rtn form of its own, hidden behind the Sweep tab: the visible one
+    bits = page.locator(".widget-slider:visible", has=page.locator("label", has_text=re.compile(r"^bits$")))
     handle = bits.locator(".noUi-handle")
     handle.focus()
     handle.press("ArrowRight")
@@ -69,7 +70,8 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     # The kernel writes "show code" from the values it has. Wait for bits=6 there before clicking:
     # ipywidgets holds a widget's next update back until the kernel answered the previous one,
     # but sends a click at once, so Run could overtake the second key press (seen: a bits=5 run).
-    expect(page.locator(".widget-textarea textarea")).to_have_value(re.compile(r"\bbits=6\b"), timeout=60_000)
+    # the first text area is the "show code" one (the sweep tab's TOML and the search's code follow)
+    expect(page.locator(".widget-textarea textarea").first).to_have_value(re.compile(r"\bbits=6\b"), timeout=60_000)
     expect(run).to_be_enabled()
     run.click()
 

@@ -88,10 +88,18 @@ def test_lora_rank_only_with_lora_correction():
     assert p["lora_rank"] == 16
 
 
-def test_dataset_must_be_a_workbench_source():
+def test_dataset_must_be_a_workbench_source(monkeypatch, tmp_path):
     [(name, msg)] = errors({"bits": 4, "awq": True, "dataset": "wikitext2"})
     assert name == "dataset" and "file:PATH" in msg and "hub:NAME" in msg
-    assert errors({"bits": 4, "awq": True, "dataset": "hub:wikitext/wikitext-2-raw-v1"}) == []
+    hub = {"bits": 4, "awq": True, "dataset": "hub:wikitext/wikitext-2-raw-v1"}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert errors(hub) == []  # online: loaded (or refused) by the worker
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    [(name, msg)] = errors(hub)  # offline and not cached: refused before any worker
+    assert name == "dataset" and "offline (HF_HUB_OFFLINE)" in msg and "allowed offline: pydoc-topics" in msg
+    (tmp_path / "hub" / "datasets--wikitext").mkdir(parents=True)
+    assert errors(hub) == []  # offline from the cache
 
 
 def test_mxfp4_rules():

@@ -15,6 +15,7 @@ Torch-free: standard library only (`datasets` is imported lazily for hub sources
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,14 +33,35 @@ _CUT_WINDOW = 0.1
 def source_error(source: str) -> str | None:
     """Why `source` is not a text source the workbench can read (None when it is one).
 
-    Cheap enough for validation in the kernel: the form, and for `file:` that the file exists
-    (hub sources are only checked when loaded)."""
-    if source == "pydoc-topics" or (source.startswith("hub:") and len(source) > 4):
+    Cheap enough for validation in the kernel: the form, for `file:` that the file exists, for
+    `hub:` that it can load (online, or offline from the local caches)."""
+    if source == "pydoc-topics":
         return None
+    if source.startswith("hub:") and len(source) > 4:
+        return hub_offline_error(source)
     if source.startswith("file:") and len(source) > 5:
         path = Path(source[len("file:"):]).expanduser()
         return None if path.is_file() else f"got {source!r}: no such file {str(path)!r}"
     return f"got {source!r}; allowed: {SOURCE_FORMS}"
+
+
+def hub_offline_error(source: str) -> str | None:
+    """Why a `hub:` source cannot load here: offline (HF_HUB_OFFLINE / WORKBENCH_OFFLINE) and not in
+    the local caches `datasets` reads offline. None for other sources, online, or when cached."""
+    if not source.startswith("hub:") or len(source) <= 4:
+        return None
+    from ..models.catalog import hub_cache_dir, hub_offline
+
+    if not hub_offline():
+        return None
+    parts = source[4:].split("/")
+    name = "/".join(parts[:-1]) if len(parts) > 1 else parts[0]
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or hub_cache_dir().parent / "datasets").expanduser()
+    cached = [hub_cache_dir() / ("datasets--" + name.replace("/", "--")), datasets_cache / name.replace("/", "___")]
+    if any(c.is_dir() for c in cached):
+        return None
+    return (f"got {source!r}: offline (HF_HUB_OFFLINE) and the dataset is not in the local caches "
+            f"({cached[0]}, {cached[1]}); allowed offline: pydoc-topics or file:PATH (a .txt or .jsonl)")
 
 
 def load_text(data: DataSpec) -> str:
@@ -52,6 +74,19 @@ def load_text(data: DataSpec) -> str:
     if source.startswith("hub:"):
         return _hub_text(source[len("hub:") :], data)
     raise DataError(f"data.source: got {source!r}; allowed: {SOURCE_FORMS}")
+
+
+def evaluation_size_error(data: DataSpec, text: str) -> str | None:
+    """Why the evaluation part of `text` cannot hold `eval_windows` windows of `window` tokens (None
+    when it may). The bound is one character per token, which no tokenizer beats, so it is decided
+    in the kernel before a worker loads the tokenizer; the worker checks the real token count."""
+    chars = len(split_text(text)[0])
+    need = data.eval_windows * data.window
+    if chars >= need:
+        return None
+    return (f"data.source: the evaluation part (first half) of {data.source!r} has {chars} characters, too few for "
+            f"eval_windows x window = {data.eval_windows} x {data.window} = {need} tokens (a token takes at least "
+            "one character); allowed: a longer text, or lower data.eval_windows or data.window")
 
 
 def split_text(text: str) -> tuple[str, str]:

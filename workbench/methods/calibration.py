@@ -19,11 +19,39 @@ def dataset_param() -> Param:
 
 
 def dataset_check() -> Check:
-    """The `dataset` parameter names a source that exists (checked in the kernel, before any worker)."""
+    """The `dataset` parameter names a source that exists and whose calibration part can hold the
+    samples asked for (checked in the kernel, before any worker)."""
     def check(v: Mapping[str, Any]) -> str | None:
-        return source_error(v["dataset"])
+        if v.get("dataset") is None:
+            return None  # whether one is needed is the method's own check
+        return source_error(v["dataset"]) or calibration_size_error(v["dataset"], v.get("num_samples") or 1,
+                                                                    v.get("seq_len"))
 
     return Check(("dataset",), check)
+
+
+def calibration_size_error(source: str, num_samples: int, seq_len: int | None) -> str | None:
+    """Why the calibration part of a local text file cannot give `num_samples` samples of `seq_len`
+    tokens (None when it may). Token counts need the model's tokenizer (worker side); here the bound
+    is one character per token, which no tokenizer beats: a text that fails it surely fails later.
+    Only `file:` sources are read (pydoc-topics holds about 230K characters of calibration text;
+    hub sources are checked when loaded)."""
+    if not source.startswith("file:"):
+        return None
+    from ..data.text import calibration_text
+    from ..spec import DataSpec
+
+    try:
+        chars = len(calibration_text(DataSpec(source=source)))
+    except DataError as e:
+        return str(e)
+    need = num_samples * (seq_len or 1)
+    if chars >= need:
+        return None
+    shape = f"{num_samples} samples of {seq_len} tokens" if seq_len else f"{num_samples} samples"
+    return (f"got {source!r}: its calibration part (the second half of the text) has {chars} characters, too few "
+            f"for {shape} (a token takes at least one character); allowed: a longer text, or fewer or shorter "
+            "samples")
 
 
 def calibration_params(default_samples: int = 64, default_len: int = 512, **visible: Any) -> tuple[Param, ...]:

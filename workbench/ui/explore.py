@@ -2,7 +2,7 @@
 and the budget search (`workbench sweep`, `workbench sensitivity`, `workbench recommend`).
 
 - `SweepPanel`: sweep TOML in a text box. Check shows the plan (what is stored, what will run,
-  what is invalid and why) without starting a worker; Run queues what the plan leaves to run in
+  what is invalid and why) without starting a worker; Start sweep queues what the plan leaves to run in
   the app's run queue, so each run has its progress line and Cancel button there, and an
   interrupted sweep resumes from the store like the CLI's.
 - `SensitivityPanel`: a method with a per-layer quantizer and its parameters (the method's own
@@ -76,7 +76,7 @@ class SweepPanel:
         self.text = W.Textarea(value=example_sweep(model() or "tiny-llama"),
                                layout=W.Layout(width="100%", height="320px"))
         self.check_button = W.Button(description="Check", icon="list")
-        self.run_button = W.Button(description="Run sweep", icon="play", button_style="primary")
+        self.run_button = W.Button(description="Start sweep", icon="play", button_style="primary")
         self.retry = W.Checkbox(value=False, description="retry failed", indent=False)
         self.progress = W.IntProgress(value=0, min=0, max=1, description="done", layout=W.Layout(width="420px"))
         self.summary = W.HTML()
@@ -151,7 +151,7 @@ class SensitivityPanel:
         from ..sensitivity import supported_methods
 
         self.session, self.model, self.on_done = session, model, on_done
-        self.method = W.Dropdown(options=supported_methods(), description="method", layout=W.Layout(width="300px"))
+        self.method = W.Dropdown(options=supported_methods(), description="quantizer", layout=W.Layout(width="300px"))
         self.form_box = W.VBox()
         self.form: ParamForm | None = None
         self.button = W.Button(description="Analyse", icon="th", button_style="primary")

@@ -16,7 +16,6 @@ the cached IR is the unquantized model every method starts from.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -76,9 +75,9 @@ def library_versions() -> dict[str, str]:
 def _ir_dir(ctx: Any) -> Path:
     blob = json.dumps({"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
                        "ir": IR_VERSION}, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in ctx.spec.model.id)[-40:]
-    return paths.subdir("ov-ir") / f"{slug}-{key}"
+    from ...security import cache_name
+
+    return paths.subdir("ov-ir") / cache_name(ctx.spec.model.id, blob)
 
 
 @dataclass

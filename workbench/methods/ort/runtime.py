@@ -17,7 +17,6 @@ the functions). What lives here:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -126,9 +125,9 @@ def staged_source(source: Path, staging: Path, fix_config: bool) -> tuple[Path, 
 def _export_dir(ctx: Any, fix_config: bool) -> Path:
     blob = json.dumps({"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
                        "fix_config": fix_config, "export": EXPORT_VERSION}, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in ctx.spec.model.id)[-40:]
-    return paths.subdir("onnx") / f"{slug}-{key}"
+    from ...security import cache_name
+
+    return paths.subdir("onnx") / cache_name(ctx.spec.model.id, blob)
 
 
 @dataclass
