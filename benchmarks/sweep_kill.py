@@ -85,7 +85,7 @@ def wait_until(predicate, timeout: float, proc: subprocess.Popen | None = None) 
 
 
 def trial(n: int, sweep_file: Path, store: Path, scratch: Path, at: str, target: str, rng: random.Random,
-          keys: list[str]) -> dict:
+          keys: list[str], max_wait: float = 30.0) -> dict:
     tmp = scratch / f"trial-{n}"
     tmp.mkdir()
     before = rows(store)
@@ -101,7 +101,7 @@ def trial(n: int, sweep_file: Path, store: Path, scratch: Path, at: str, target:
         wait_until(lambda: len(rows(store)) >= goal, 3600, proc)
     else:
         # somewhere in the first few runs: a random moment, often mid-run, sometimes mid-write
-        wait_until(lambda: False, rng.uniform(3, 45), proc)
+        wait_until(lambda: False, rng.uniform(2, max_wait), proc)
     who = target if target != "random" else rng.choice(["coordinator", "worker"])
     killed = "nothing (the sweep had ended)"
     if proc.poll() is None:
@@ -135,6 +135,7 @@ def main() -> int:
     ap.add_argument("--at", choices=("half", "random"), default="half")
     ap.add_argument("--target", choices=("coordinator", "worker", "random"), default="coordinator")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-wait", type=float, default=30.0, help="with --at random: kill within this many seconds")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs; the store unless --store)")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wb-kill-"))
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
             print(f"trial {n}: the sweep is complete; no more trials")
             break
         t = trial(n, args.sweep, store, scratch, args.at if n == 1 else "random" if args.at == "random" else "half",
-                  args.target, rng, keys)
+                  args.target, rng, keys, args.max_wait)
         bad = t["lost"] or t["integrity"] != "ok" or t["workers_left"]
         failures += bool(bad)
         print(f"trial {n}: killed {t['killed']} after {t['after_s']} s; rows {t['stored_before']} -> "
