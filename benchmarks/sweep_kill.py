@@ -27,43 +27,16 @@ from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
+from workbench.testing import stored_rows as rows
+from workbench.testing import workers_under
+
 ROOT = Path(__file__).resolve().parents[1]
 WB = [sys.executable, "-m", "workbench.cli"]
-
-
-def rows(store: Path) -> list[tuple[str, str]]:
-    """(key, status) of every stored run, in order; [] while the store does not exist yet."""
-    if not store.exists():
-        return []
-    for _ in range(50):
-        try:
-            with closing(sqlite3.connect(store, timeout=30)) as con:
-                return con.execute("SELECT key, status FROM runs ORDER BY id").fetchall()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):
-                return []
-            time.sleep(0.1)
-    raise RuntimeError(f"{store}: locked for 5 s")
 
 
 def integrity(store: Path) -> str:
     with closing(sqlite3.connect(store, timeout=30)) as con:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
-
-
-def workers_under(folder: Path) -> list[int]:
-    """Worker processes started with TMPDIR in `folder` (their request files lie there)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "workbench.worker" in cmd and str(folder) in cmd:
-            found.append(int(proc.name))
-    return found
 
 
 def planned(sweep_file: Path, store: Path) -> list[str]:

@@ -268,7 +268,7 @@ def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec 
     log(f"fp32 baseline: perplexity {base_ppl:.3f}, {mb(baseline.metrics['weights_bytes'])} MB; "
         f"budget: {budget.describe()}" + (f" (perplexity <= {limit:.3f})" if limit else ""))
     search = _Search(session, model, budget, rec, data, bench, base_ppl, max_runs, log, stop,
-                     mixed=mixed, data_aware=data_aware, rtn=data_free)
+                     mixed=mixed, data_aware=data_aware, data_free=data_free)
 
     for bits in sorted(data_free, reverse=True):
         if not data_free[bits]:  # none of the chosen backends has a configuration at this width
@@ -314,7 +314,7 @@ class _Search:
     stop: "threading.Event | None" = None
     mixed: dict[int, list[Config]] = field(default_factory=dict)
     data_aware: dict[int, list[Config]] = field(default_factory=dict)
-    rtn: dict[int, list[Config]] = field(default_factory=dict)  # the data-free table rtn mixes start from
+    data_free: dict[int, list[Config]] = field(default_factory=dict)  # rtn's mixes start from its entry
 
     @property
     def halted(self) -> bool:
@@ -394,7 +394,7 @@ class _Search:
 
         for method, params in self.mixed.get(bits, []):
             attempt("mixed", method, params)
-        rtn = next((p for m, p in self.rtn.get(bits, []) if m == "rtn"), None)
+        rtn = next((p for m, p in self.data_free.get(bits, []) if m == "rtn"), None)
         if rtn is not None and not self.hopeless("mixed", bits, "rtn", {**rtn, "exclude": None}):
             for excluded in self._most_sensitive(rtn):
                 if attempt("mixed", "rtn", {**rtn, "exclude": ["lm_head", *excluded]}) is None:

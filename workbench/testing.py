@@ -101,6 +101,46 @@ class CorruptSavedScales(RTN):
         return built
 
 
+# --- kill tests ---------------------------------------------------------------------------
+
+
+def stored_rows(store: "os.PathLike[str] | str") -> list[tuple[str, str]]:
+    """(key, status) of every run in a store, in order, read while other processes write it;
+    [] while it does not exist or its tables are being created."""
+    import sqlite3
+    from contextlib import closing
+    from pathlib import Path
+
+    if not Path(store).exists():
+        return []
+    for _ in range(50):
+        try:
+            with closing(sqlite3.connect(store, timeout=30)) as con:
+                return con.execute("SELECT key, status FROM runs ORDER BY id").fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []
+            time.sleep(0.1)
+    raise RuntimeError(f"{store}: locked for 5 s")
+
+
+def workers_under(folder: "os.PathLike[str] | str") -> list[int]:
+    """Worker processes started with TMPDIR in `folder` (their request files lie there)."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "workbench.worker" in cmd and str(folder) in cmd:
+            found.append(int(proc.name))
+    return found
+
+
 # --- the method contract ----------------------------------------------------------------
 
 # Backend libraries a method module must not import at import time: the kernel (notebook, CLI)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
+
+from workbench.testing import stored_rows as rows
+from workbench.testing import workers_under
 
 from ..conftest import requires_torch_env
 
@@ -27,29 +28,6 @@ grid = {bits = [8, 4, 3], group_size = {start = 16, stop = 32, factor = 2}}
 method = "rtn"
 params = {sym = false, bits = 8, group_size = 16}   # a duplicate: runs once
 """
-
-
-def rows(store: Path) -> list[tuple[str, str]]:
-    if not store.exists():
-        return []
-    try:
-        with closing(sqlite3.connect(store, timeout=30)) as con:
-            return con.execute("SELECT key, status FROM runs ORDER BY id").fetchall()
-    except sqlite3.OperationalError:  # the coordinator is creating the tables
-        return []
-
-
-def workers_under(folder: Path) -> list[int]:
-    """Worker processes whose request file lies in `folder` (their TMPDIR)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "workbench.worker" in cmd and str(folder) in cmd:
-            found.append(int(proc.name))
-    return found
 
 
 @requires_torch_env

@@ -264,8 +264,9 @@ def seq_latency(kind: str, model: Any, inputs: dict, warmup: int, repeats: int) 
     # caches) that, with warmup=0 on a busy machine, made the 1-token time exceed the full one (no decode).
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False, **_generate_kwargs(kind, model))
-    first = timed(1)
-    full = timed(GEN_TOKENS)
+    from .latency import until_ordered
+
+    first, full = until_ordered(lambda: timed(1), lambda: timed(GEN_TOKENS), key=float)
     decode = (GEN_TOKENS - 1) / (full - first) if full > first else None
     row = {"batch_size": 1, "new_tokens": GEN_TOKENS, "first_token_ms": 1000 * first, "generate_s": full,
            "decode_tok_s": decode}
