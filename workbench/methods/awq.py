@@ -5,7 +5,7 @@ per-channel scales s that minimize the block's output error when W*s is quantize
 in, optionally clips the weight ranges, then rounds to 4 bits in groups. Runs in the `gptq`
 environment family.
 
-The route on CPU (BACKENDS.md, measured): AutoAWQ 0.2.9 quantizes on CPU and writes a GEMM (or
+The route on CPU (docs/backends.md, measured): AutoAWQ 0.2.9 quantizes on CPU and writes a GEMM (or
 GEMV) checkpoint; AutoAWQ itself cannot run it there (`from_quantized` demands
 intel-extension-for-pytorch), but transformers' `AwqConfig` loads it with GPTQModel's torch AWQ
 kernels, which run on CPU and reproduce AutoAWQ's in-memory model exactly.
@@ -190,24 +190,46 @@ class AWQ(Method):
         return self.load_checkpoint(ctx, params, Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import calibration_code, loadable, token_rows_code
+
         p = self.schema.normalize(params, self.name)
         load = (f"model = AutoAWQForCausalLM.from_quantized('model-awq', fuse_layers=True, "
                 f"max_seq_len={p.get('fuse_max_seq_len')})  # CUDA\n") if p["do_fuse"] else \
             (f"model = AutoModelForCausalLM.from_pretrained('model-awq', device_map='cpu', "
              f"quantization_config=AwqConfig(bits={p['bits']}, backend={p['kernel']!r}))\n")
+        clip = (f"apply_clip = all(m.out_features % {CLIP_ROWS} == 0 for n, m in model.model.named_modules()\n"
+                "                 if isinstance(m, torch.nn.Linear) and n != 'lm_head')  # clip=auto: "
+                f"AutoAWQ's clip search takes output rows in batches of {CLIP_ROWS}\n"
+                if p["clip"] == "auto" else f"apply_clip = {p['clip'] == 'on'}\n")
         return (
             "import torch\n"
             "from awq import AutoAWQForCausalLM\n"
+            "from awq.quantize.quantizer import AwqQuantizer\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer, AwqConfig\n\n"
-            f"model = AutoAWQForCausalLM.from_pretrained({model_id!r}, torch_dtype=torch.float32, "
+            "# AutoAWQ 0.2.9 on CPU: the scale search snapshots the weights with .cpu(), which is no copy there,\n"
+            "# and leaves every searched layer scaled (perplexity in the millions): snapshot copies instead.\n"
+            "_search = AwqQuantizer._compute_best_scale\n\n"
+            "def _compute_best_scale(self, x, w_mean, x_mean, module2inspect, *args, **kwargs):\n"
+            "    state_dict = module2inspect.state_dict\n"
+            "    module2inspect.state_dict = lambda *a, **k: {n: t.clone() for n, t in state_dict(*a, **k).items()}\n"
+            "    try:\n"
+            "        return _search(self, x, w_mean, x_mean, module2inspect, *args, **kwargs)\n"
+            "    finally:\n"
+            "        del module2inspect.state_dict\n\n"
+            "AwqQuantizer._compute_best_scale = _compute_best_scale\n\n"
+            + loadable(model_id, self.env).line()
+            + calibration_code(p["dataset"], p["num_samples"], p["seq_len"])
+            + "model = AutoAWQForCausalLM.from_pretrained(model_id, torch_dtype=torch.float32, "
             "device_map={'': 'cpu'})\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
             f"quant_config = {{'zero_point': {p['zero_point']}, 'q_group_size': {p['group_size']}, "
             f"'w_bit': {p['bits']}, 'version': {p['version'].upper()!r}}}\n"
-            f"# calibration: a list of {p['num_samples']} texts\n"
-            f"model.quantize(tokenizer, quant_config=quant_config, calib_data=calibration, "
+            + clip
+            + "# AutoAWQ skips texts longer than max_calib_seq_len tokens: give it token rows cut to that length\n"
+            + token_rows_code(p["seq_len"])
+            + "model.quantize(tokenizer, quant_config=quant_config, calib_data=rows, "
             f"max_calib_samples={p['num_samples']}, max_calib_seq_len={p['seq_len']}, "
-            f"apply_clip={p['clip'] != 'off'})\n"
+            "apply_clip=apply_clip, n_parallel_calib_samples=8)\n"
             "model.save_quantized('model-awq')\n"
             "tokenizer.save_pretrained('model-awq')\n"
             + load

@@ -122,7 +122,12 @@ class Method(ABC):
         return cls.load_saved is not Method.load_saved
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
-        """The plain code a user would write for this configuration without the workbench."""
+        """The plain code a user would write for this configuration without the workbench.
+
+        It must run as shown in a fresh Python session of the method's environment: start it with
+        `workbench.models.snippet.loadable(model_id, self.env).line()` (`model_id = '<directory or
+        hub id>'`, never the catalog name) and build calibration data with `calibration_code(...)`.
+        """
         return f"# {self.name}: no code template yet\n"
 
     @classmethod

@@ -47,9 +47,14 @@ class Baseline(Method):
         return ctx.load_model(params["dtype"], path=path)
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import loadable
+
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
             "import torch\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.{params.get('dtype', 'float32')})\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            f"from transformers import {auto}, AutoTokenizer{m.hint('AutoModel')}\n\n"
+            + m.line()
+            + f"model = {auto}.from_pretrained(model_id, dtype=torch.{params.get('dtype', 'float32')}).eval()\n"
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
         )

@@ -270,7 +270,11 @@ class BitsAndBytes(Method):
         return ctx.load_model("float32", path=path, device_map=self.device_map(p, str(ctx.device)))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import loadable
+
         p = self.schema.normalize(params, "bnb")
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         kw = self.config_kwargs(p)
         args = []
         for k, v in kw.items():
@@ -278,14 +282,15 @@ class BitsAndBytes(Method):
         dmap = self.device_map(p, "cuda:0" if p.get("llm_int8_enable_fp32_cpu_offload") else "cpu")
         return (
             "import torch\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig  # encoders: AutoModel\n\n"
-            "config = BitsAndBytesConfig(\n" + "\n".join(args) + "\n)\n"
+            f"from transformers import {auto}, AutoTokenizer, BitsAndBytesConfig{m.hint('AutoModel')}\n\n"
+            + m.line()
+            + "config = BitsAndBytesConfig(\n" + "\n".join(args) + "\n)\n"
             f"device_map = {dmap!r}  # {{'': 'cuda:0'}} on a GPU\n"
-            "model = AutoModelForCausalLM.from_pretrained(\n"
-            f"    {model_id!r}, dtype=torch.float32, quantization_config=config, device_map=device_map,\n"
+            f"model = {auto}.from_pretrained(\n"
+            "    model_id, dtype=torch.float32, quantization_config=config, device_map=device_map,\n"
             ").eval()\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
-            "# save: model.save_pretrained(path); reload: AutoModelForCausalLM.from_pretrained(path, device_map=...)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
+            f"# save: model.save_pretrained(path); reload: {auto}.from_pretrained(path, device_map=...)\n"
         )
 
     # --- helpers -----------------------------------------------------------

@@ -6,7 +6,7 @@ calibration set. The result is saved as a GPTQ checkpoint and loaded back throug
 `GPTQConfig` with the chosen kernel, as a user of a hub GPTQ model would. Runs in the `gptq`
 environment family.
 
-What GPTQModel 7.7 needs on a small CPU machine (BACKENDS.md, measured):
+What GPTQModel 7.7 needs on a small CPU machine (docs/backends.md, measured):
 - `GPTQMODEL_CPU_WORKERS=2`: its model loader asks for 2 workers and fails on 2 cores without it;
 - no inference on the in-memory model after `quantize()` (garbage logits): save, then reload;
 - its default packer JIT-compiles a C++ extension (30 s) and writes `./logs/` into the working
@@ -187,20 +187,31 @@ class GPTQ(Method):
         return self.load_checkpoint(ctx, params, Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import calibration_code, loadable, token_rows_code
+
         p = self.schema.normalize(params, self.name)
+        group_aware = not p["desc_act"] and p["group_size"] > 0
         return (
             "import os\n"
             "os.environ.setdefault('GPTQMODEL_CPU_WORKERS', '2')  # small CPU machines\n"
+            "import torch\n"
             "from gptqmodel import GPTQModel, QuantizeConfig\n"
-            "from transformers import AutoModelForCausalLM, GPTQConfig\n\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig\n\n"
+            + loadable(model_id, self.env).line()
+            + calibration_code(p["dataset"], p["num_samples"], p["seq_len"])
+            + "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
+            + token_rows_code(p["seq_len"])
+            + "calibration = [{'input_ids': ids, 'attention_mask': [1] * len(ids)} for ids in rows]\n"
+            "# act_group_aware (GPTQModel's reordering within groups) excludes desc_act and needs groups\n"
             f"qcfg = QuantizeConfig(bits={p['bits']}, group_size={p['group_size']}, desc_act={p['desc_act']}, "
-            f"sym={p['sym']}, damp_percent={p['damp_percent']})\n"
-            f"model = GPTQModel.load({model_id!r}, qcfg)\n"
-            f"# calibration: {p['num_samples']} texts of about {p['seq_len']} tokens (list of str or token dicts)\n"
-            "model.quantize(calibration, batch_size=1)\n"
+            f"sym={p['sym']}, damp_percent={p['damp_percent']},\n"
+            f"                      act_group_aware={group_aware}, pack_impl='original', offload_to_disk=False)\n"
+            "model = GPTQModel.load(model_id, qcfg)\n"
+            "model.quantize(calibration, batch_size=1, tokenizer=tokenizer)\n"
             "model.save('model-gptq')\n"
-            f"model = AutoModelForCausalLM.from_pretrained('model-gptq', device_map='cpu', "
-            f"quantization_config=GPTQConfig(bits={p['bits']}, backend={self.kernel_for(p, 'cpu')!r}))\n"
+            "tokenizer.save_pretrained('model-gptq')\n"
+            "model = AutoModelForCausalLM.from_pretrained('model-gptq', device_map='cpu', dtype=torch.bfloat16,\n"
+            f"    quantization_config=GPTQConfig(bits={p['bits']}, backend={self.kernel_for(p, 'cpu')!r}))\n"
         )
 
 

@@ -219,14 +219,19 @@ class HQQ(Method):
         return load_quantized(ctx.load_model(config["compute_dtype"]), Path(path), str(ctx.device))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import loadable
+
         p = self.schema.normalize(params, "hqq")
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
             "import fnmatch\n\n"
             "import torch\n"
             "from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear\n"
-            "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
-            f"dtype = torch.{p['compute_dtype']}\n"
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=dtype).eval()\n"
+            f"from transformers import {auto}{m.hint('AutoModel')}\n\n"
+            + m.line()
+            + f"dtype = torch.{p['compute_dtype']}\n"
+            f"model = {auto}.from_pretrained(model_id, dtype=dtype).eval()\n"
             "HQQLinear.set_backend(HQQBackend.PYTORCH)  # the backend that runs on CPU\n"
             f"quant_config = BaseQuantizeConfig(nbits={p['nbits']}, group_size={hqq_group_size(p['group_size'])}, "
             f"axis={p['axis']})\n"

@@ -12,7 +12,7 @@ decompresses them to float at the first forward and quantizes W8A8 activations o
 weights, and the speed that of a fake-quantized model. Runs in the `llmcompressor`
 environment family (transformers <= 5.17).
 
-Three traps of llm-compressor 0.14 on CPU are handled here (BACKENDS.md, measured):
+Three traps of llm-compressor 0.14 on CPU are handled here (docs/backends.md, measured):
 - the W4A16 preset's group size is 128, which does not divide SmolLM2's 576: the scheme is
   built from `group_size` instead (`config_groups`), and a group size that does not divide is
   refused before any worker starts;
@@ -228,18 +228,22 @@ class LLMCompressor(Method):
         return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import calibration_code, loadable, token_rows_code
+
         p = self.schema.normalize(params, self.name)
         ignore = [ignore_regex(pat) for pat in p["ignore"]]
         lines = [
             "import torch",
+            "from datasets import Dataset",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "from llmcompressor import oneshot",
             "from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier",
             "from llmcompressor.modifiers.transform.awq import AWQModifier",
             "from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme",
             "",
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32)",
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})",
+            loadable(model_id, self.env).line().rstrip("\n"),
+            "model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)",
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
         ]
         if p["scheme"] in WEIGHT_ONLY_INT:
             gs = p["group_size"]
@@ -261,7 +265,20 @@ class LLMCompressor(Method):
             lines.append(f"recipe = QuantizationModifier({scheme}, ignore={ignore!r})")
         if p["modifier"] in ("gptq", "awq"):
             lines += [
-                "# calibration: a tokenized datasets.Dataset with input_ids / attention_mask",
+                calibration_code(p["dataset"], p["num_samples"], p["seq_len"]).rstrip("\n"),
+                "# llm-compressor takes a tokenized datasets.Dataset (input_ids / attention_mask) as is",
+                token_rows_code(p["seq_len"]).rstrip("\n"),
+                "calibration = Dataset.from_dict({'input_ids': rows, 'attention_mask': [[1] * len(r) for r in rows]})",
+            ]
+            if p["modifier"] == "awq":
+                lines += [
+                    "if not torch.accelerator.is_available():  # llm-compressor 0.14's AWQ pins its activation "
+                    "cache, which fails",
+                    "    from llmcompressor.pipelines.cache import IntermediatesCache  # without an accelerator; "
+                    "pinning only speeds copies",
+                    "    IntermediatesCache.pin_memory = lambda self, *a, **k: None",
+                ]
+            lines += [
                 f"model = oneshot(model=model, recipe=recipe, dataset=calibration, "
                 f"num_calibration_samples={p['num_samples']}, max_seq_length={p['seq_len']})",
             ]

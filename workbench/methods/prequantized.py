@@ -153,11 +153,23 @@ class PreQuantized(Method):
         return ", ".join(f"{k}={v}" for k, v in qc.items() if k != "quant_method" and not isinstance(v, (dict, list)))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import loadable
+
         p = self.schema.normalize(params, self.name)
+        checkpoint = str(p.get("checkpoint") or "").strip()
+        ckpt = loadable(checkpoint, self.env) if checkpoint else None
+        m = loadable(model_id, self.env)
+        kind = (ckpt.kind if ckpt is not None else None) or m.kind
+        auto = "AutoModel" if kind == "encoder" else "AutoModelForCausalLM"
+        hint = "" if kind in ("causal-lm", "encoder") else "  # encoders: AutoModel"
         return (
-            "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
-            f"# quantization_config.quant_method = {self.quant_method!r} in its config.json\n"
-            f"model = AutoModelForCausalLM.from_pretrained({p['checkpoint']!r})\n"
+            f"from transformers import {auto}, AutoTokenizer{hint}\n\n"
+            f"# the checkpoint: quantization_config.quant_method = {self.quant_method!r} in its config.json\n"
+            + (f"checkpoint = {ckpt.path!r}\n" if ckpt is not None else "checkpoint = 'CHECKPOINT'  # its directory\n")
+            + f"model = {auto}.from_pretrained(checkpoint)\n"
+            "# the tokenizer: the model it is a quantized copy of\n"
+            + m.line()
+            + "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
         )
 
 

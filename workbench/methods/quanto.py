@@ -159,26 +159,33 @@ class Quanto(Method):
         return load_quantized(ctx.load_model("float32"), Path(path), str(ctx.device))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import calibration_code, loadable
+
         p = self.schema.normalize(params, "quanto")
         w, a = QTYPES[p["weights"]], QTYPES[p["activations"]] if p["activations"] else None
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         lines = [
             "import json\n",
             "import torch",
             "from optimum.quanto import Calibration, freeze, quantization_map, quantize, "
             + ", ".join(sorted({w} | ({a} if a else set()))),
             "from safetensors.torch import save_model",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer  # encoders: AutoModel\n",
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32).eval()",
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})",
+            f"from transformers import {auto}, AutoTokenizer{m.hint('AutoModel')}\n",
+            m.line().rstrip("\n"),
+            f"model = {auto}.from_pretrained(model_id, dtype=torch.float32).eval()",
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
             f"quantize(model, weights={w}, activations={a or 'None'}, exclude={list(p['exclude'])!r})",
-            "with torch.inference_mode():  # int2/int4 weights frozen outside inference mode fail inside it",
         ]
         if a:
+            lines += [calibration_code(None, p["calibration_samples"], 512, var="texts").rstrip("\n")]
+        lines += ["with torch.inference_mode():  # int2/int4 weights frozen outside inference mode fail inside it"]
+        if a:
             lines += [
-                "    texts = ['...']  # a few calibration texts",
                 "    with Calibration(momentum=0.9):",
                 "        for text in texts:",
-                "            model(**tokenizer(text, return_tensors='pt'))",
+                "            model(**tokenizer(text, return_tensors='pt', truncation=True,\n"
+                "                              max_length=model.config.max_position_embeddings))",
             ]
         lines += [
             "    freeze(model)",

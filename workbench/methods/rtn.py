@@ -170,13 +170,20 @@ class RTN(Method):
         return load_quantized(ctx.load_model("float32"), Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import loadable
+
         p = self.schema.normalize(params, "rtn")
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
             "import fnmatch\n\n"
             "import torch\n"
-            "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
+            f"from transformers import {auto}{m.hint('AutoModel')}\n\n"
+            "# rtn is the workbench's own reference quantizer: this needs the workbench importable\n"
+            "# (pip install it, or put the directory holding its `workbench` package on PYTHONPATH)\n"
             "from workbench.teach.qlinear import QuantLinear  # packed codes, dequantized in forward\n\n"
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32).eval()\n"
+            + m.line()
+            + f"model = {auto}.from_pretrained(model_id, dtype=torch.float32).eval()\n"
             + replace_layers_code(p["include"], p["exclude"])
             + "    linear = getattr(parent, child)\n"
             "    # per row, per group of input columns: W_q = clip(round(W / S + Z)), W_hat = S * (W_q - Z)\n"

@@ -249,15 +249,20 @@ class TorchAO(Method):
         return ctx.load_model(info.get("dtype", _model_dtype(p["scheme"])), path=Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ..models.snippet import loadable
+
         p = self.schema.normalize(params, "torchao")
         scheme = p["scheme"]
         dtype = _model_dtype(scheme)
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
             "import fnmatch\n\n"
             "import torch\n"
-            "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n"
+            f"from transformers import {auto}{m.hint('AutoModel')}\n"
             f"from torchao.quantization import quantize_, {CONFIG_CLASS[scheme]}\n\n"
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.{dtype}).eval()\n"
+            + m.line()
+            + f"model = {auto}.from_pretrained(model_id, dtype=torch.{dtype}).eval()\n"
             + ("model = model.to('cuda')  # torchao 0.18 int4 weight-only needs CUDA\n"
                if scheme == "int4_weight_only" else "")
             + f"include, exclude = {list(p['include'])!r}, {list(p['exclude'])!r}\n\n"
@@ -271,7 +276,7 @@ class TorchAO(Method):
             f"quantize_(model, {_config_code(scheme, p.get('group_size', 64))}, filter_fn=filter_fn)\n"
             "# The same through transformers (quantizes every Linear not listed):\n"
             "# from transformers import TorchAoConfig\n"
-            f"# model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.{dtype},\n"
+            f"# model = {auto}.from_pretrained(model_id, dtype=torch.{dtype},\n"
             f"#     quantization_config=TorchAoConfig({_config_code(scheme, p.get('group_size', 64))}, "
             "modules_to_not_convert=['lm_head']))\n"
         )

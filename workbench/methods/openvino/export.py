@@ -2,7 +2,7 @@
 
 It separates what the runtime gains from what quantization gains, and it checks
 the export itself: a converted model can go silently wrong (an ONNX export once
-dropped `rope_theta`, BACKENDS.md), so the run's perplexity must match the fp32
+dropped `rope_theta`, docs/backends.md), so the run's perplexity must match the fp32
 PyTorch baseline within 0.5% (f32 inference; 2% under a bf16/f16 hint), and the
 run is flagged otherwise. Encoders: mean embedding cosine at least 0.995. Pipelines:
 RMS pixel difference at most 0.005 (text-to-image), top-1 agreement of the teacher-forced
@@ -64,12 +64,25 @@ class OVExport(OpenVINOMethod):
                            what="fp32", reference_tolerance=tol)
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import OV_CLASSES, loadable, ov_config_code
+
         precision = params.get("inference_precision", "f32")
+        m = loadable(model_id, self.env)
+        cls = OV_CLASSES.get(m.kind or "", "OVModelForCausalLM")
+        if m.kind == "text-to-image":
+            pre, post = "", ""  # the pipeline holds its own tokenizer
+        elif m.kind in ("speech-to-text", "image-text-to-text"):
+            pre = "from transformers import AutoProcessor\n"
+            post = "processor = AutoProcessor.from_pretrained(model_id)\n"
+        else:
+            pre = "from transformers import AutoTokenizer\n"
+            post = "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
         return (
-            "from optimum.intel import OVModelForCausalLM  # encoders: OVModelForFeatureExtraction\n"
-            "from transformers import AutoTokenizer\n\n"
-            f"model = OVModelForCausalLM.from_pretrained(\n    {model_id!r}, export=True, load_in_8bit=False,\n"
-            f"    ov_config={{'INFERENCE_PRECISION_HINT': {precision!r}}},\n)\n"
+            f"from optimum.intel import {cls}{m.hint('OVModelForFeatureExtraction')}\n"
+            + pre + "\n"
+            + m.line()
+            + f"model = {cls}.from_pretrained(\n    model_id, export=True, load_in_8bit=False,\n"
+            f"    ov_config={ov_config_code(precision)},\n)\n"
             "model.save_pretrained('ov-fp32')  # openvino_model.xml / .bin\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            + post
         )

@@ -190,30 +190,78 @@ class OVHybrid(OpenVINOMethod):
                        f"{'clips' if kind == 'speech-to-text' else 'images'} from {p['dataset']}"]
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import OV_CLASSES, calibration_code, loadable, ov_config_code
+
         p = self.schema.normalize(params, self.name)
+        m = loadable(model_id, self.env)
+        ov_config = ov_config_code(p["inference_precision"])
         args = f"bits={p['bits']}, sym={p['sym']}"
         if p["bits"] == 4:
-            args += f", group_size={p['group_size']}"
+            args += f", group_size={p['group_size']}, group_size_fallback={p['group_size_fallback']!r}"
         if p["dataset"] is None:
+            cls = OV_CLASSES.get(m.kind or "", "OVDiffusionPipeline")
             return (
-                "from optimum.intel import OVDiffusionPipeline, OVWeightQuantizationConfig\n"
-                "# speech-to-text: OVModelForSpeechSeq2Seq; vision-language: OVModelForVisualCausalLM\n\n"
-                f"pipe = OVDiffusionPipeline.from_pretrained(\n    {model_id!r}, export=True,\n"
-                f"    quantization_config=OVWeightQuantizationConfig({args}),\n)\n"
+                f"from optimum.intel import {cls}, OVWeightQuantizationConfig\n"
+                + ("" if m.kind else
+                   "# speech-to-text: OVModelForSpeechSeq2Seq; vision-language: OVModelForVisualCausalLM\n")
+                + "\n" + m.line()
+                + f"model = {cls}.from_pretrained(\n    model_id, export=True,\n"
+                f"    quantization_config=OVWeightQuantizationConfig({args}),\n    ov_config={ov_config},\n)\n"
+                "model.save_pretrained('ov-hybrid')\n"
             )
-        return (
+        diffusion = (
             "from optimum.intel import OVDiffusionPipeline, OVWeightQuantizationConfig\n\n"
-            "# Diffusion: hybrid (U-Net weights and activations, the rest weight-only), calibrated on prompts\n"
+            + m.line()
+            + calibration_code(None if str(p["dataset"]).startswith(("synthetic", "dir:")) else p["dataset"],
+                               p["num_samples"], chars=PROMPT_CHARS, var="prompts")
+            + "# Diffusion: hybrid (U-Net weights and activations, the rest weight-only), calibrated on prompts\n"
             f"config = OVWeightQuantizationConfig({args}, quant_method='hybrid',\n"
-            f"                                    dataset=list_of_prompts, num_samples={p['num_samples']})\n"
-            f"pipe = OVDiffusionPipeline.from_pretrained({model_id!r}, export=True, quantization_config=config)\n\n"
-            "# Speech-to-text / vision-language: static int8 with your own calibration rows\n"
+            f"                                    dataset=prompts, num_samples={p['num_samples']})\n"
+            "model = OVDiffusionPipeline.from_pretrained(model_id, export=True, quantization_config=config,\n"
+            f"                                            ov_config={ov_config})\n"
+        )
+        if m.kind == "text-to-image":
+            return diffusion
+        media = ("# calibration {what}: the workbench's loader for {source!r} (synthetic, dir:PATH or hub:NAME); this\n"
+                 "# needs the workbench importable (pip install it, or its directory on PYTHONPATH)\n"
+                 "from workbench.data import media\n")
+        speech = (
             "import datasets\n"
             "from optimum.intel import OVConfig, OVModelForSpeechSeq2Seq, OVQuantizationConfig, OVQuantizer\n\n"
-            f"model = OVModelForSpeechSeq2Seq.from_pretrained({model_id!r}, export=True)\n"
-            "rows = [{'audio': {'array': clip, 'sampling_rate': 16000}} for clip in clips]\n"
+            + m.line()
+            + media.format(what="audio", source=p["dataset"])
+            + f"clips = media.calibration_audio({p['dataset']!r}, {p['num_samples']}, 0)\n"
+            "rows = [{'audio': {'array': clip, 'sampling_rate': media.SAMPLING_RATE}} for clip in clips]\n"
+            "# Speech-to-text: static int8 of the encoder and the decoder, calibrated by running generation\n"
+            "model = OVModelForSpeechSeq2Seq.from_pretrained(model_id, export=True, load_in_8bit=False,\n"
+            "                                                compile=False)\n"
             "OVQuantizer.from_pretrained(model).quantize(\n"
-            "    calibration_dataset=datasets.Dataset.from_list(rows), save_directory='whisper-int8',\n"
-            f"    ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(rows), "
-            f"processor={model_id!r})),\n)\n"
+            "    calibration_dataset=datasets.Dataset.from_list(rows), save_directory='ov-hybrid',\n"
+            "    ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(rows), "
+            "processor=model_id)),\n)\n"
+            f"model = OVModelForSpeechSeq2Seq.from_pretrained('ov-hybrid', ov_config={ov_config})\n"
         )
+        vision = (
+            "import datasets\n"
+            "from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizationConfig, OVQuantizer\n\n"
+            + m.line()
+            + media.format(what="images", source=p["dataset"])
+            + f"images = media.calibration_images({p['dataset']!r}, {p['num_samples']}, 0)\n"
+            + calibration_code(None, p["num_samples"], chars=QUESTION_CHARS, var="questions")
+            + "rows = [{'image': image, 'question': q} for image, q in zip(images, questions)]\n"
+            "# Vision-language: static int8 of the language model and the vision encoder; the name 'textvqa'\n"
+            "# only tells optimum-intel the column names (image, question): nothing is downloaded\n"
+            "model = OVModelForVisualCausalLM.from_pretrained(model_id, export=True, load_in_8bit=False,\n"
+            "                                                 compile=False)\n"
+            "OVQuantizer.from_pretrained(model).quantize(\n"
+            "    calibration_dataset=datasets.Dataset.from_list(rows), save_directory='ov-hybrid',\n"
+            "    ov_config=OVConfig(quantization_config=OVQuantizationConfig(\n"
+            "        dataset='textvqa', num_samples=len(rows), processor=model_id, tokenizer=model_id)),\n)\n"
+            f"model = OVModelForVisualCausalLM.from_pretrained('ov-hybrid', ov_config={ov_config})\n"
+        )
+        if m.kind == "speech-to-text":
+            return speech
+        if m.kind == "image-text-to-text":
+            return vision
+        return (diffusion + "\n# ---- or, for speech-to-text ----\n" + speech
+                + "\n# ---- or, for vision-language ----\n" + vision)

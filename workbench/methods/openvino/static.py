@@ -8,7 +8,7 @@ int8. Weights are symmetric int8 per output channel; `sym` makes the activations
 
 Causal LMs get a list of calibration texts (optimum-intel tokenizes them); encoders go
 through `OVQuantizer` with a tokenized `datasets.Dataset` (the list shortcut fails for
-feature extraction models: BACKENDS.md). Calibration samples come from the calibration part
+feature extraction models: docs/backends.md). Calibration samples come from the calibration part
 of `dataset`, never from the evaluation windows or sentences. Encoders take samples of
 128 tokens (sentence-embedding models see short inputs), causal LMs the run's calib_seq_len.
 """
@@ -98,27 +98,44 @@ class OVStatic(OpenVINOMethod):
         return runtime.load_ir("encoder", out, precision), quantize_s
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import calibration_code, loadable, ov_config_code
+
         p = self.schema.normalize(params, self.name)
+        m = loadable(model_id, self.env)
         args = f"num_samples={p['num_samples']}, sym={p['sym']}"
         if p["smooth_quant_alpha"] is not None:
             args += f", smooth_quant_alpha={p['smooth_quant_alpha']}"
         if not p["fast_bias_correction"]:
             args += ", fast_bias_correction=False"
-        return (
+        ov_config = ov_config_code(p["inference_precision"])
+        causal = (
             "from optimum.intel import OVModelForCausalLM, OVQuantizationConfig\n\n"
-            "# Causal LMs: a list of calibration strings and the tokenizer\n"
+            + m.line()
+            + calibration_code(p["dataset"], p["num_samples"], 512)
+            + "# Causal LMs: a list of calibration strings and the tokenizer\n"
             f"config = OVQuantizationConfig({args},\n"
-            f"                              dataset=calibration_texts, tokenizer={model_id!r})\n"
-            f"model = OVModelForCausalLM.from_pretrained({model_id!r}, export=True, quantization_config=config)\n\n"
-            "# Encoders: OVQuantizer with a tokenized datasets.Dataset\n"
+            "                              dataset=calibration_texts, tokenizer=model_id)\n"
+            "model = OVModelForCausalLM.from_pretrained(model_id, export=True, quantization_config=config,\n"
+            f"                                           ov_config={ov_config})\n"
+        )
+        encoder = (
             "import datasets\n"
-            "from optimum.intel import OVConfig, OVModelForFeatureExtraction, OVQuantizer\n"
+            "from optimum.intel import OVConfig, OVModelForFeatureExtraction, OVQuantizationConfig, OVQuantizer\n"
             "from transformers import AutoTokenizer\n\n"
-            f"tok = AutoTokenizer.from_pretrained({model_id!r})\n"
-            f"encoder = OVModelForFeatureExtraction.from_pretrained({model_id!r}, export=True)\n"
+            + m.line()
+            + calibration_code(p["dataset"], p["num_samples"], ENCODER_SEQ_LEN)
+            + "# Encoders: OVQuantizer with a tokenized datasets.Dataset\n"
+            "tok = AutoTokenizer.from_pretrained(model_id)\n"
+            "encoder = OVModelForFeatureExtraction.from_pretrained(model_id, export=True)\n"
             f"calib = datasets.Dataset.from_dict(dict(tok(calibration_texts, padding='max_length', "
             f"max_length={ENCODER_SEQ_LEN}, truncation=True)))\n"
             "OVQuantizer.from_pretrained(encoder).quantize(\n"
-            f"    calibration_dataset=calib, save_directory='ov-static',\n"
+            "    calibration_dataset=calib, save_directory='ov-static',\n"
             f"    ov_config=OVConfig(quantization_config=OVQuantizationConfig({args})),\n)\n"
+            f"model = OVModelForFeatureExtraction.from_pretrained('ov-static', ov_config={ov_config})\n"
         )
+        if m.kind == "causal-lm":
+            return causal
+        if m.kind == "encoder":
+            return encoder
+        return causal + "\n# ---- or, for an encoder ----\n" + encoder

@@ -250,8 +250,13 @@ class OVWeight(OpenVINOMethod):
                            what=_summary(p))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import OV_CLASSES, calibration_code, loadable, ov_config_code
+
         p = self.schema.normalize(params, self.name)
-        lines = ["from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig", ""]
+        m = loadable(model_id, self.env)
+        cls = OV_CLASSES.get(m.kind or "", "OVModelForCausalLM")
+        lines = [f"from optimum.intel import {cls}, OVWeightQuantizationConfig{m.hint('OVModelForFeatureExtraction')}",
+                 "", m.line().rstrip("\n")]
         args = [f"bits={p['bits']}", f"sym={p['sym']}"]
         if p["bits"] == 4:
             args += [f"dtype={p['dtype']!r}", f"group_size={p['group_size']}", f"ratio={p['ratio']}",
@@ -265,17 +270,18 @@ class OVWeight(OpenVINOMethod):
                 if p[k] is not None:
                     args.append(f"{k}={p[k]!r}")
             if p["dataset"] is not None:
-                lines.append("calibration_texts = [...]  # a list of strings, e.g. paragraphs of your domain's text")
-                args += ["dataset=calibration_texts", f"num_samples={p['num_samples']}", f"tokenizer={model_id!r}"]
-        lines.append("config = OVWeightQuantizationConfig(\n    " + ",\n    ".join(args) + ",\n)")
+                lines.append(calibration_code(p["dataset"], p["num_samples"], 512).rstrip("\n"))
+                args += ["dataset=calibration_texts", f"num_samples={p['num_samples']}", "tokenizer=model_id"]
         if p["bits"] == 4 and p["lora_correction"]:
             lines.insert(1, "import nncf")
-            lines.append(f"# lora_rank={p['lora_rank']}: advanced_parameters=nncf.AdvancedCompressionParameters("
-                         f"lora_correction_params=nncf.quantization.advanced_parameters."
-                         f"AdvancedLoraCorrectionParameters(adapter_rank={p['lora_rank']}))")
+            lines.insert(2, "from nncf.quantization.advanced_parameters import AdvancedLoraCorrectionParameters")
+            rank = p["lora_rank"]
+            args.append("advanced_parameters=nncf.AdvancedCompressionParameters(\n"
+                        f"        lora_correction_params=AdvancedLoraCorrectionParameters(adapter_rank={rank}))")
+        lines.append("config = OVWeightQuantizationConfig(\n    " + ",\n    ".join(args) + ",\n)")
         lines.append(
-            f"model = OVModelForCausalLM.from_pretrained(\n    {model_id!r}, export=True, quantization_config=config,\n"
-            f"    ov_config={{'INFERENCE_PRECISION_HINT': {p['inference_precision']!r}}},\n)\n"
+            f"model = {cls}.from_pretrained(\n    model_id, export=True, quantization_config=config,\n"
+            f"    ov_config={ov_config_code(p['inference_precision'])},\n)\n"
             "model.save_pretrained('ov-weight')"
         )
         return "\n".join(lines) + "\n"

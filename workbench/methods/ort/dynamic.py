@@ -83,13 +83,18 @@ class ORTDynamic(ORTMethod):
                            what="dynamic int8")
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import ORT_CLASSES, loadable
+
         p = self.schema.normalize(params, self.name)
+        m = loadable(model_id, self.env)
+        cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")
         return (
-            "from optimum.onnxruntime import ORTModelForCausalLM, ORTQuantizer\n"
+            f"from optimum.onnxruntime import {cls}, ORTQuantizer{m.hint('ORTModelForFeatureExtraction')}\n"
             "from optimum.onnxruntime.configuration import AutoQuantizationConfig\n\n"
-            f"ORTModelForCausalLM.from_pretrained({model_id!r}, export=True).save_pretrained('ort-fp32')\n"
+            + m.line()
+            + f"{cls}.from_pretrained(model_id, export=True).save_pretrained('ort-fp32')\n"
             "nodes_to_exclude = []  # ONNX node names, e.g. '/model/layers.0/mlp/down_proj/MatMul'\n"
             + config_code(p, False)
             + "ORTQuantizer.from_pretrained('ort-fp32').quantize(quantization_config=qconfig, save_dir='ort-dynamic')\n"
-            "model = ORTModelForCausalLM.from_pretrained('ort-dynamic', file_name='model_quantized.onnx')\n"
+            f"model = {cls}.from_pretrained('ort-dynamic', file_name='model_quantized.onnx')\n"
         )

@@ -44,12 +44,18 @@ class ORTExport(ORTMethod):
                            what="fp32", reference_tolerance=TOLERANCE)
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import ORT_CLASSES, loadable
+
+        m = loadable(model_id, self.env)
+        cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")
+        cache = ", use_cache=True" if cls == "ORTModelForCausalLM" else ""
         return (
-            "from optimum.onnxruntime import ORTModelForCausalLM  # encoders: ORTModelForFeatureExtraction\n"
+            f"from optimum.onnxruntime import {cls}{m.hint('ORTModelForFeatureExtraction')}\n"
             "from transformers import AutoTokenizer\n\n"
-            "# transformers <4.58 (optimum-onnx's pin) reads rope_theta at the top level of config.json:\n"
+            + m.line()
+            + "# transformers <4.58 (optimum-onnx's pin) reads rope_theta at the top level of config.json:\n"
             "# a transformers-5 config (rope_parameters only) must be given it before export.\n"
-            f"model = ORTModelForCausalLM.from_pretrained({model_id!r}, export=True, use_cache=True)\n"
+            f"model = {cls}.from_pretrained(model_id, export=True{cache})\n"
             "model.save_pretrained('ort-fp32')  # model.onnx\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})\n"
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
         )

@@ -91,19 +91,24 @@ class ORTInt4(ORTMethod):
                            what=f"MatMulNBits 4-bit (block {p['block_size']}, accuracy_level {p['accuracy_level']})")
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import ORT_CLASSES, loadable
+
         p = self.schema.normalize(params, self.name)
         ops = ("MatMul", "Gather") if p["embedding"] else ("MatMul",)
+        m = loadable(model_id, self.env)
+        cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")
         return (
             "import onnx\n"
             "from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer\n"
-            "from optimum.onnxruntime import ORTModelForCausalLM\n\n"
-            f"ORTModelForCausalLM.from_pretrained({model_id!r}, export=True).save_pretrained('ort-int4')\n"
+            f"from optimum.onnxruntime import {cls}{m.hint('ORTModelForFeatureExtraction')}\n\n"
+            + m.line()
+            + f"{cls}.from_pretrained(model_id, export=True).save_pretrained('ort-int4')\n"
             f"q = MatMulNBitsQuantizer(onnx.load('ort-int4/model.onnx'), bits=4, block_size={p['block_size']}, "
             f"is_symmetric={p['sym']},\n"
             f"                         accuracy_level={p['accuracy_level'] or None}, op_types_to_quantize={ops!r})\n"
             "q.process()\n"
             "q.model.save_model_to_file('ort-int4/model.onnx', use_external_data_format=False)\n"
-            "model = ORTModelForCausalLM.from_pretrained('ort-int4')\n"
+            f"model = {cls}.from_pretrained('ort-int4')\n"
         )
 
 

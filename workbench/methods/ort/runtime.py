@@ -8,7 +8,7 @@ the functions). What lives here:
 - the config differences between the transformers 5 checkpoints the workbench writes and
   the transformers 4.57 this environment must use (optimum-onnx pins it): transformers 4.57
   reads `rope_theta` / `rope_scaling` at the top level of config.json and ignores v5's
-  `rope_parameters`, so an export would silently use the default theta (BACKENDS.md). The
+  `rope_parameters`, so an export would silently use the default theta (docs/backends.md). The
   export reads both and writes what v4 understands (`harmonize_config`);
 - loading an exported or quantized model as an optimum `ORTModel` (CPU provider);
 - counting what a graph holds: weight-carrying MatMuls and embedding Gathers, which of them

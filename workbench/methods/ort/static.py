@@ -6,7 +6,7 @@ Activations get fixed ranges chosen on calibration samples by ORT's calibrators:
 tensor. Encoders only: the causal-LM export carries the KV cache as graph inputs, which a
 text calibration set does not provide (use `ort-dynamic` or `ort-int4` for causal LMs).
 
-Three traps of the ORT calibrators are handled here (BACKENDS.md, measured on MiniLM):
+Three traps of the ORT calibrators are handled here (docs/backends.md, measured on MiniLM):
 - `Where` in the operator list makes the histogram calibrators fail with "Too many bins for
   data range": BERT's attention mask adds float32's lowest value (-3.4e38), numpy's histogram
   range then overflows. It is refused with entropy / percentile, and not in the default list;
@@ -116,6 +116,8 @@ class ORTStatic(ORTMethod):
                            what="static int8 (QDQ)")
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from ...models.snippet import calibration_code, loadable
+
         p = self.schema.normalize(params, self.name)
         cal = {"minmax": "AutoCalibrationConfig.minmax(calib)",
                "entropy": f"AutoCalibrationConfig.entropy(calib{_bins_arg(p)})",
@@ -127,8 +129,10 @@ class ORTStatic(ORTMethod):
             "from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer\n"
             "from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig\n"
             "from transformers import AutoTokenizer\n\n"
-            f"ORTModelForFeatureExtraction.from_pretrained({model_id!r}, export=True).save_pretrained('ort-fp32')\n"
-            f"tok = AutoTokenizer.from_pretrained({model_id!r})\n"
+            + loadable(model_id, self.env).line()
+            + calibration_code(p.get("dataset"), p.get("num_samples") or 32, SEQ_LEN)
+            + "ORTModelForFeatureExtraction.from_pretrained(model_id, export=True).save_pretrained('ort-fp32')\n"
+            "tok = AutoTokenizer.from_pretrained(model_id)\n"
             f"calib = Dataset.from_dict(dict(tok(calibration_texts, truncation=True, max_length={SEQ_LEN})))\n"
             "nodes_to_exclude = []  # ONNX node names, e.g. '/encoder/layer.0/output/dense/MatMul'\n"
             + config_code(p, True)

@@ -105,14 +105,19 @@ class GGUFBlocks(Method):
                      cannot_save="the plug-in does not write .gguf files yet", notes=notes)
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
+        from workbench.models.snippet import loadable
+
         p = self.schema.normalize(params, "gguf")
+        m = loadable(model_id, self.env)
+        auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
             "import fnmatch\n\n"
             "import numpy as np\n"
             "import torch\n"
             "from gguf import GGMLQuantizationType, quants\n"
-            "from transformers import AutoModelForCausalLM  # encoders: AutoModel\n\n"
-            f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, dtype=torch.float32).eval()\n"
+            f"from transformers import {auto}{m.hint('AutoModel')}\n\n"
+            + m.line()
+            + f"model = {auto}.from_pretrained(model_id, dtype=torch.float32).eval()\n"
             f"qtype = GGMLQuantizationType.{p['qtype']}\n"
             + replace_layers_code(p["include"], p["exclude"])
             + "    linear = getattr(parent, child)\n"
