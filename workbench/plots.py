@@ -197,9 +197,24 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
     `accuracy=None` picks the column from the data (`pick_accuracy`): perplexity
     for causal LMs, embedding cosine (maximized) for encoders. Whether smaller is
     better comes from `ACCURACY_MINIMIZE` unless `minimize_accuracy` says.
-    Memory columns ending in `_bytes` are shown in MB. Two traces per model:
-    the runs (front points drawn as diamonds) and the front as a line.
-    A y axis spanning more than two decades (a broken run's perplexity) goes log.
+    Memory columns ending in `_bytes` are shown in MB.
+
+    What a reader sees: one colour and one legend entry per backend (the method's `backend`,
+    `backend_of`); text only on the Pareto-front points (the label, shortened), everything
+    else on hover (full label, params, layers, kernel, weights, the metric and its change);
+    the front of each model as a dashed line; the fp32 baseline a star with a dotted
+    horizontal line at its value. With several models, each has its own marker symbol and
+    front. For perplexity, two buttons in the figure switch the y axis between perplexity
+    and its change against the baseline in % (`workbench.baselines`); they are plotly
+    `updatemenus`, so they work alike in the app and in a static HTML report.
+
+    A run far worse than the others (a broken one: perplexity 157 next to 15-20) is drawn
+    "off scale", an up-pointing triangle at the top edge with its value as text, and the
+    y range covers the others (`_off_scale` says which). A log axis would have kept it in
+    range too, but it compresses what people compare here, differences of a few percent
+    between working runs, into a sliver; off scale, the broken run still shows (and says
+    how broken it is) and the rest keep the height. A range still wider than two decades
+    after that goes log.
     """
     title = "Accuracy vs memory"
     ok = _succeeded(df)
@@ -214,45 +229,237 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
     if minimize_accuracy is not None:
         minimize = minimize_accuracy
     scale = MB if memory.endswith("_bytes") else 1
-    mem = _numeric(ok, memory) / scale
-    acc = _numeric(ok, accuracy)
-    points = ok.assign(_x=mem, _y=acc)
+    ok = _with_baselines(df).loc[ok.index]
+    points = ok.assign(_x=_numeric(ok, memory) / scale, _y=_numeric(ok, accuracy))
     points = points[points["_x"].notna() & points["_y"].notna()]
     if len(points) == 0:
         return _empty_figure(f"no successful run has both {memory} and {accuracy}", title)
 
-    fig = go.Figure()
+    change_col = CHANGE_COLUMNS.get(accuracy)
+    modes: dict[str, pd.Series] = {"metric": points["_y"]}
+    if change_col and _numeric(points, change_col).notna().any():
+        modes["change"] = _numeric(points, change_col) * 100
     models = list(dict.fromkeys(points["model"].astype(str)))
-    show_text = len(points) <= 12  # labels on every point turn a sweep into a smudge; hover still has them
+    model_of = points["model"].astype(str)
+    off = pd.Series(False, index=points.index)
+    front = pd.Series(False, index=points.index)
     for model in models:
-        sub = points[points["model"].astype(str) == model]
-        front = pareto_front(sub, "_x", "_y", minimize_x=True, minimize_y=minimize)
-        labels = [_esc(v) for v in sub["label"]]
-        custom = [[_esc(params_text(p)), layers_text(q, e), _esc(k)] for p, q, e, k in
-                  zip(sub["params"], sub["layers_quantized"], sub["layers_eligible"], sub["kernel"])]
-        prefix = f"{_esc(model)}: " if len(models) > 1 else ""
-        fig.add_trace(go.Scatter(
-            x=sub["_x"].tolist(), y=sub["_y"].tolist(), mode="markers+text" if show_text else "markers",
-            name=f"{prefix}runs" if len(models) > 1 else _esc(model) or "runs",
-            text=labels, textposition="top center", customdata=custom,
-            marker={"size": [13 if f else 9 for f in front], "symbol": ["diamond" if f else "circle" for f in front]},
-            hovertemplate=("<b>%{text}</b><br>" + AXIS_TITLES.get(memory, memory) + ": %{x:.2f}<br>"
-                           + _esc(accuracy) + ": %{y:.4g}<br>params: %{customdata[0]}<br>"
-                           "layers quantized: %{customdata[1]}<br>kernel: %{customdata[2]}<extra></extra>"),
-        ))
-        fsub = sub[front].sort_values("_x")
-        fig.add_trace(go.Scatter(
-            x=fsub["_x"].tolist(), y=fsub["_y"].tolist(), mode="lines", name=f"{prefix}Pareto front",
-            line={"dash": "dash", "width": 1.5}, hoverinfo="skip",
-        ))
-    y = points["_y"]
-    log_y = bool((y > 0).all() and y.max() / y.min() > 100)
+        sub = points[model_of == model]
+        off.loc[sub.index] = _off_scale(sub["_y"], minimize)
+        front.loc[sub.index] = pareto_front(sub, "_x", "_y", minimize_x=True, minimize_y=minimize)
+    none = [None] * len(points)
+    is_base = pd.Series([_str(k) != "" and _str(k) == _str(b) for k, b in
+                         zip(points.get("key", none), points.get("baseline_key", none))], index=points.index)
+    backend = pd.Series([backend_of(m) for m in points["method"].astype(str)], index=points.index)
+    short = pd.Series("", index=points.index, dtype=object)
+    for model in models:
+        idx = points.index[model_of == model]
+        short.loc[idx] = shorten_labels([_str(v) for v in points.loc[idx, "label"]], PLOT_LABEL_WIDTH)
+    axes = {m: _axis(v, off, log_ok=(m == "metric")) for m, v in modes.items()}
+    metric_name = AXIS_TITLES.get(accuracy, accuracy).split(" (")[0]
+
+    def fmt(mode: str, v: Any) -> str:
+        if pd.isna(v):
+            return "no fp32 baseline on this data" if mode == "change" else ""
+        return f"{v:+.1f} %" if mode == "change" else f"{v:.4g}"
+
+    # Text on the front (and off-scale) points only. Points at the same place (an export that
+    # reproduces the baseline exactly) share one text, "baseline, ov-export", instead of two overprinted.
+    same_place: dict[Any, list[Any]] = {}
+    for i in points.index[front & ~off]:
+        same_place.setdefault((model_of[i], round(points.at[i, "_x"], 3), round(points.at[i, "_y"], 6)), []).append(i)
+    shown_text = pd.Series("", index=points.index, dtype=object)
+    for group in same_place.values():
+        names = [short[i] for i in group]
+        shown_text[group[0]] = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+
+    def texts(idx: pd.Index, mode: str) -> list[str]:
+        return [f"{_esc(short[i])} ({_esc(fmt(mode, modes[mode][i]))}, off scale)" if off[i] else _esc(shown_text[i])
+                for i in idx]
+
+    # Traces, with their y (and text) in each mode: the buttons swap these in.
+    traces: list[dict[str, Any]] = []
+    ys: dict[str, list[list[Any]]] = {m: [] for m in modes}
+    txt: dict[str, list[list[str]]] = {m: [] for m in modes}
+    symbols = _MODEL_SYMBOLS
+    seen_backends: set[str] = set()
+    for mi, model in enumerate(models):
+        for b in list(dict.fromkeys(backend[model_of == model])):
+            idx = points.index[(model_of == model) & (backend == b)]
+            sub = points.loc[idx]
+            custom = [[_esc(r["label"]), _esc(params_text(r["params"])), layers_text(r["layers_quantized"],
+                                                                                     r["layers_eligible"]),
+                       _esc(r["kernel"]), f"{r['_x']:.1f}", fmt("metric", r["_y"]),
+                       fmt("change", modes["change"][i]) if "change" in modes else "", _esc(model), _esc(b)]
+                      for i, r in sub.iterrows()]
+            traces.append(dict(
+                x=sub["_x"].tolist(), mode="markers+text", name=_esc(b), legendgroup=f"backend:{b}",
+                showlegend=b not in seen_backends, textposition="top center", customdata=custom, cliponaxis=False,
+                marker={"color": backend_color(b), "size": [15 if is_base[i] else 11 for i in idx],
+                        "symbol": ["star" if is_base[i] else "triangle-up" if off[i] else symbols[mi % len(symbols)]
+                                   for i in idx],
+                        "line": {"color": "#1f2933", "width": [1.5 if front[i] else 0 for i in idx]}},
+                hovertemplate=("<b>%{customdata[0]}</b><br>model: %{customdata[7]}<br>backend: %{customdata[8]}<br>"
+                               + _esc(AXIS_TITLES.get(memory, memory)) + ": %{customdata[4]}<br>"
+                               + _esc(metric_name) + ": %{customdata[5]}"
+                               + ("<br>change vs fp32 baseline: %{customdata[6]}" if "change" in modes else "")
+                               + "<br>params: %{customdata[1]}<br>layers quantized: %{customdata[2]}"
+                               "<br>kernel: %{customdata[3]}<extra></extra>"),
+            ))
+            seen_backends.add(b)
+            for m in modes:
+                ys[m].append(axes[m]["y"].loc[idx].tolist())
+                txt[m].append(texts(idx, m))
+    for model in models:
+        idx = points.index[(model_of == model) & front].tolist()
+        idx.sort(key=lambda i: points.at[i, "_x"])
+        traces.append(dict(x=points.loc[idx, "_x"].tolist(), mode="lines", name="Pareto front",
+                           legendgroup="front", showlegend=model == models[0],
+                           line={"dash": "dash", "width": 1.5, "color": "#57606a"}, hoverinfo="skip"))
+        for m in modes:
+            ys[m].append(axes[m]["y"].loc[idx].tolist())
+            txt[m].append([""] * len(idx))
+    if len(models) > 1:  # the symbol of each model, in the legend
+        for mi, model in enumerate(models):
+            traces.append(dict(x=[None], mode="markers", name=_esc(model), legendgroup=f"model:{model}",
+                               marker={"color": "#9aa5b1", "size": 10, "symbol": symbols[mi % len(symbols)]},
+                               hoverinfo="skip"))
+            for m in modes:
+                ys[m].append([None])
+                txt[m].append([""])
+
+    fig = go.Figure()
+    for t, y, tx in zip(traces, ys["metric"], txt["metric"]):
+        fig.add_trace(go.Scatter(y=y, text=tx, **t))
+
+    def layout_for(mode: str) -> dict[str, Any]:
+        ax = axes[mode]
+        title_text = AXIS_TITLES.get(accuracy, accuracy) if mode == "metric" else \
+            f"{metric_name}: change vs fp32 baseline (%)"
+        if ax["off"]:
+            title_text += "; ▲ off scale"
+        shapes = []
+        base = points.index[is_base]
+        for i in base:
+            v = axes[mode]["y"][i]
+            if v is None or pd.isna(v):
+                continue
+            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": v, "y1": v,
+                           "line": {"dash": "dot", "width": 1, "color": "#1f2933"},
+                           "label": {"text": _esc(f"fp32 baseline{f' ({model_of[i]})' if len(models) > 1 else ''}"),
+                                     "textposition": "end", "font": {"size": 11, "color": "#57606a"}}})
+        out: dict[str, Any] = {"yaxis.title.text": title_text, "yaxis.type": "log" if ax["log"] else "linear",
+                               "shapes": shapes}
+        if ax["range"] is None:
+            out["yaxis.autorange"] = True
+        else:
+            out["yaxis.range"] = ax["range"]
+            out["yaxis.autorange"] = False
+        return out
+
+    first = layout_for("metric")
     fig.update_layout(
-        title=title, template="plotly_white",
-        xaxis_title=AXIS_TITLES.get(memory, memory),
-        yaxis={"title": AXIS_TITLES.get(accuracy, accuracy), "type": "log" if log_y else "linear"},
+        title=title, template="plotly_white", autosize=True, height=540, hovermode="closest",
+        xaxis_title=AXIS_TITLES.get(memory, memory), shapes=first["shapes"], legend={"title": {"text": "backend"}},
+        yaxis={"title": {"text": first["yaxis.title.text"]}, "type": first["yaxis.type"],
+               **({"range": first["yaxis.range"], "autorange": False} if "yaxis.range" in first else {})},
+        margin={"t": 90},
     )
+    if "change" in modes:
+        labels = {"metric": metric_name, "change": f"Δ {metric_name} vs fp32 (%)"}
+        fig.update_layout(updatemenus=[{
+            "type": "buttons", "direction": "right", "showactive": True, "active": 0,
+            "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom", "pad": {"r": 0, "t": 0},
+            "buttons": [{"label": _esc(labels[m]), "method": "update",
+                         "args": [{"y": ys[m], "text": txt[m]}, layout_for(m)]} for m in modes],
+        }])
     return fig
+
+
+# Accuracy metrics with a change-against-the-baseline column (`workbench.baselines`).
+CHANGE_COLUMNS = {"perplexity": "ppl_change"}
+PLOT_LABEL_WIDTH = 40
+# One symbol per model when a figure shows several; the baseline is a star, an off-scale run a triangle-up.
+_MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-down", "pentagon", "hexagon", "cross", "x")
+
+
+def _off_scale(values: pd.Series, minimize: bool) -> pd.Series:
+    """Which points to draw off scale: for a positive metric where smaller is better (perplexity),
+    those above max(best + 10 x (median - best), 2 x best). The factor 2 keeps every run within
+    twice the best value in view (a 4-bit run at +30 % is data, not an outlier); the median term
+    leaves a sweep of mostly broken runs alone. Never fewer than two points left in view, never
+    with fewer than three points."""
+    off = pd.Series(False, index=values.index)
+    v = values.dropna()
+    if not minimize or len(v) < 3 or (v <= 0).any():
+        return off
+    lo, med = float(v.min()), float(v.median())
+    limit = max(lo + 10 * (med - lo), 2 * lo)
+    cand = values > limit
+    if cand.sum() == 0 or int((~cand & values.notna()).sum()) < 2:
+        return off
+    return cand.fillna(False).astype(bool)
+
+
+def _axis(values: pd.Series, off: pd.Series, log_ok: bool) -> dict[str, Any]:
+    """The y values to draw (off-scale points moved to the top edge), the range (None: auto) and log or not."""
+    inview = values[~off & values.notna()]
+    log = bool(log_ok and len(inview) and (inview > 0).all() and inview.max() / inview.min() > 100)
+    y = values.astype(object).where(values.notna(), None)
+    has_off = bool((off & values.notna()).any())
+    if not has_off or len(inview) == 0:
+        return {"y": y, "range": None, "log": log, "off": False}
+    import math
+
+    f = (lambda v: math.log10(v)) if log else (lambda v: v)
+    lo, hi = f(float(inview.min())), f(float(inview.max()))
+    pad = 0.08 * (hi - lo) if hi > lo else (0.05 * abs(hi) or 1.0)
+    top = hi + 2 * pad
+    edge = 10 ** top if log else top
+    y = pd.Series([edge if off[i] and pd.notna(values[i]) else y[i] for i in values.index], index=values.index,
+                  dtype=object)
+    return {"y": y, "range": [lo - pad, hi + 3 * pad], "log": log, "off": True}
+
+
+def _with_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the columns of `workbench.baselines` (computed unless the frame has them already)."""
+    from .baselines import COLUMNS, against_baseline
+
+    if all(c in df.columns for c in COLUMNS):
+        return df
+    return against_baseline(df)
+
+
+# Colours of the backends (the methods' `backend` attribute), fixed so that a backend keeps its
+# colour from one figure to the next; others get one from a palette by a hash of their name.
+BACKEND_COLORS = {
+    "pytorch": "#1f77b4", "workbench": "#ff7f0e", "openvino": "#2ca02c", "onnxruntime": "#d62728",
+    "torchao": "#9467bd", "hqq": "#8c564b", "optimum-quanto": "#e377c2", "bitsandbytes": "#17becf",
+    "gptqmodel": "#bcbd22", "autoawq": "#393b79", "llm-compressor": "#637939", "transformers": "#8c6d31",
+    "gguf": "#843c39", "other": "#9aa5b1", "unknown": "#9aa5b1",
+}
+OTHER_BACKEND = "other"
+
+
+def backend_of(method: str) -> str:
+    """The `backend` class attribute of a registered method (read torch-free), "other" for an
+    unregistered one (a plug-in no longer installed)."""
+    try:
+        from .registry import methods
+
+        ref = methods().get(method)
+        return str(ref.cls.backend) if ref is not None else OTHER_BACKEND
+    except Exception:  # noqa: BLE001 - a figure must never fail on a broken plug-in
+        return OTHER_BACKEND
+
+
+def backend_color(backend: str) -> str:
+    if backend in BACKEND_COLORS:
+        return BACKEND_COLORS[backend]
+    import zlib
+
+    palette = plotly.colors.qualitative.Dark24
+    return palette[zlib.crc32(backend.encode()) % len(palette)]
 
 
 # --- latency and throughput from the per-run tables ------------------------------------
@@ -378,8 +585,12 @@ def generation_table(results: Iterable[RunResult]) -> pd.DataFrame:
     return out[["Run"] + [c for c in out.columns if c != "Run"]]
 
 
-SUMMARY_COLUMNS = ("label", "model", "status", "weights (MB)", "disk (MB)", "peak RSS (MB)", "perplexity", "KL",
-                   "top-1 (%)", "cosine", "PSNR (dB)", "decode tok/s", "image s", "layers", "kernel")
+SUMMARY_COLUMNS = ("label", "model", "status", "weights (MB)", "disk (MB)", "peak RSS (MB)", "perplexity",
+                   "Δ perplexity (%)", "KL", "top-1 (%)", "cosine", "PSNR (dB)", "decode tok/s", "× baseline",
+                   "image s", "layers", "kernel")
+# The default table (CLI, `compact_table`): what people compare, columns empty for every row dropped.
+COMPACT_COLUMNS = ("label", "weights (MB)", "perplexity", "Δ perplexity (%)", "KL", "top-1 (%)", "cosine",
+                   "PSNR (dB)", "decode tok/s", "× baseline", "status")
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -387,9 +598,12 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
     Sizes in MB (2**20 bytes), top-1 agreement in percent, layers as
     "quantized/eligible". Numbers are rounded but stay numbers, so the frame sorts.
+    "Δ perplexity (%)" and "× baseline" (decode speed as a multiple of the baseline's) compare
+    each run with its fp32 baseline (`workbench.baselines`); blank when it has none.
     """
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    df = _with_baselines(df)
 
     def num(col: str, scale: float = 1.0, digits: int = 2) -> pd.Series:
         return (_numeric(df, col) / scale).round(digits)
@@ -402,17 +616,216 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "disk (MB)": num("disk_bytes", MB, 1),
         "peak RSS (MB)": num("peak_rss_bytes", MB, 1),
         "perplexity": num("perplexity", 1, 3),
+        "Δ perplexity (%)": (_numeric(df, "ppl_change") * 100).round(2),
         "KL": num("kl_div", 1, 5),
         "top-1 (%)": (_numeric(df, "top1_agreement") * 100).round(2),
         "cosine": num("embedding_cosine", 1, 5),
         "PSNR (dB)": num("image_psnr_db", 1, 2),
         "decode tok/s": num("decode_tok_s", 1, 1),
+        "× baseline": num("decode_speedup", 1, 2),
         "image s": num("image_s", 1, 3),
         "layers": [layers_text(q, e) for q, e in zip(df.get("layers_quantized", [None] * len(df)),
                                                  df.get("layers_eligible", [None] * len(df)))],
         "kernel": [_str(k) for k in df.get("kernel", [None] * len(df))],
     }, index=df.index)
     return out.reset_index(drop=True)
+
+
+def compact_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The default table: `COMPACT_COLUMNS` of `summary_table`, without the columns that are empty
+    for every row (so an encoder shows cosine and no perplexity, a pipeline PSNR). No model column:
+    show one model per table (`workbench results` prints a section per model)."""
+    table = summary_table(df)[list(COMPACT_COLUMNS)]
+    keep = [c for c in table.columns if c in ("label", "status") or table[c].notna().any()]
+    return table[keep]
+
+
+# How `text_table` shows each column's numbers (others: as they are).
+TEXT_FORMATS = {
+    "weights (MB)": "{:.1f}", "disk (MB)": "{:.1f}", "peak RSS (MB)": "{:.1f}", "perplexity": "{:.3f}",
+    "Δ perplexity (%)": "{:+.1f}", "KL": "{:.4f}", "top-1 (%)": "{:.1f}", "cosine": "{:.5f}", "PSNR (dB)": "{:.2f}",
+    "decode tok/s": "{:.1f}", "× baseline": "{:.2f}", "image s": "{:.3f}",
+}
+# Shorter headers in a terminal, where every column costs room the labels need.
+TEXT_HEADERS = {"Δ perplexity (%)": ("Δ ppl", "(%)"), "× baseline": ("decode", "× fp32")}
+ELLIPSIS = "…"
+
+
+def text_table(table: pd.DataFrame, max_width: int | None = 120, shorten: str = "label", min_width: int = 16) -> str:
+    """A frame as fixed-width text for a terminal: numbers right-aligned in `TEXT_FORMATS`, text
+    left-aligned, missing values blank, headers on two lines ("weights" over "(MB)") so that
+    they take no more room than the numbers. When a line would pass `max_width` characters,
+    the `shorten` column's cells are shortened (`shorten_labels`) to fit, down to `min_width`.
+    """
+    columns = list(table.columns)
+    cells: dict[str, list[str]] = {}
+    numeric: dict[str, bool] = {}
+    for c in columns:
+        values = table[c].tolist()
+        is_num = c != shorten and pd.api.types.is_numeric_dtype(table[c])
+        numeric[c] = is_num
+        cells[c] = [_text_cell(c, v) for v in values]
+    heads = {c: TEXT_HEADERS.get(c) or _split_header(c) for c in columns}
+    two = any(h[0] for h in heads.values())
+
+    def width(c: str) -> int:
+        return max([len(heads[c][0]), len(heads[c][1])] + [len(v) for v in cells[c]])
+
+    if max_width and shorten in cells:
+        total = sum(width(c) for c in columns) + 2 * (len(columns) - 1)
+        if total > max_width:
+            others = total - width(shorten)
+            room = max(min_width, max_width - others, len(heads[shorten][1]))
+            cells[shorten] = shorten_labels(cells[shorten], room)
+    widths = {c: width(c) for c in columns}
+
+    def line(parts: list[str]) -> str:
+        return "  ".join(p.rjust(widths[c]) if numeric[c] else p.ljust(widths[c])
+                         for c, p in zip(columns, parts)).rstrip()
+
+    lines = []
+    if two:
+        lines.append(line([heads[c][0] for c in columns]))
+    lines.append(line([heads[c][1] for c in columns]))
+    for i in range(len(table)):
+        lines.append(line([cells[c][i] for c in columns]))
+    return "\n".join(lines)
+
+
+def _text_cell(column: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return ""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and column in TEXT_FORMATS:
+        if v == 0 and column == "Δ perplexity (%)":
+            return "0.0"
+        return TEXT_FORMATS[column].format(v)
+    return str(v)
+
+
+def _split_header(name: str) -> tuple[str, str]:
+    """("weights", "(MB)") for "weights (MB)", ("decode", "tok/s") for "decode tok/s", ("", "KL")."""
+    if " (" in name:
+        head, _, unit = name.rpartition(" (")
+        return head, f"({unit}"
+    if " " in name:
+        head, _, tail = name.rpartition(" ")
+        return head, tail
+    return "", name
+
+
+def shorten_labels(labels: Sequence[str], width: int) -> list[str]:
+    """Labels of at most `width` characters, shortened with an ellipsis at word boundaries.
+
+    A label is a method and its `k=v` words. One too long keeps its first word (the method),
+    then the words that tell it from the other labels of the same method in `labels` (the last
+    word when it has no such sibling), then as many of the remaining words as fit, in order;
+    each run of dropped words becomes "…". So two long ov-weight labels that differ only in
+    `ratio=` both keep their ratio. Short labels are returned as they are; a label whose kept
+    words alone do not fit is cut at `width` - 1 characters plus "…".
+    """
+    labels = [_str(x) for x in labels]
+    words = [x.split(" ") for x in labels]
+    out = []
+    for i, (label_, ws) in enumerate(zip(labels, words)):
+        if len(label_) <= width:
+            out.append(label_)
+            continue
+        siblings = [w for j, w in enumerate(words) if j != i and w[:1] == ws[:1] and w != ws]
+        if siblings:
+            common = set(ws).intersection(*map(set, siblings))
+            must = {0} | {k for k, w in enumerate(ws) if w not in common}
+        else:
+            must = {0, len(ws) - 1}
+        kept = set(must)
+        if len(_join_kept(ws, kept)) <= width:
+            for k in range(len(ws)):
+                if k not in kept and len(_join_kept(ws, kept | {k})) <= width:
+                    kept.add(k)
+            out.append(_join_kept(ws, kept))
+        else:
+            out.append(_join_kept(ws, kept)[:max(width - 1, 0)] + ELLIPSIS)
+    return out
+
+
+def _join_kept(words: list[str], kept: set[int]) -> str:
+    parts, gap = [], False
+    for k, w in enumerate(words):
+        if k in kept:
+            parts.append(w)
+            gap = False
+        elif not gap:
+            parts.append(ELLIPSIS)
+            gap = True
+    return " ".join(parts)
+
+
+def compact_text(df: pd.DataFrame, max_width: int = 120, candidates: pd.DataFrame | None = None,
+                 rows: pd.Series | None = None) -> str:
+    """The default terminal view of runs: one section per model, each a header line naming the
+    model and its fp32 baseline (or saying that none is stored) over `text_table(compact_table(...))`,
+    no line longer than `max_width` (labels are shortened; `--wide`, JSON and CSV keep them whole).
+
+    `df`: rows of `RunResult.to_row`; `candidates`: more rows searched for baselines only (the
+    store); `rows`: a boolean mask of `df` restricting the rows shown (the ratios still come from
+    all of `df`, e.g. a Pareto front whose baseline is not on it).
+    """
+    from .baselines import against_baseline
+
+    if df is None or len(df) == 0:
+        return "no results yet"
+    full = against_baseline(df, candidates)
+    pool = full if candidates is None or len(candidates) == 0 else pd.concat([candidates, full], ignore_index=True)
+    shown = full if rows is None else full[rows.reindex(full.index, fill_value=False).astype(bool)]
+    sections = []
+    for model in dict.fromkeys(shown["model"].astype(str)):
+        sub = shown[shown["model"].astype(str) == model]
+        header = _section_header(model, sub, pool, max_width)
+        sections.append(header + "\n" + text_table(compact_table(sub), max_width=max_width))
+    return "\n\n".join(sections)
+
+
+def terminal_text(text: str, encoding: str | None = None) -> str:
+    """`text` with Δ, × and … spelled in ASCII when `encoding` (default: stdout's) cannot encode them."""
+    import sys
+
+    try:
+        text.encode(encoding or getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        for a, b in (("Δ", "d"), ("×", "x"), ("…", "...")):
+            text = text.replace(a, b)
+    return text
+
+
+def _section_header(model: str, sub: pd.DataFrame, pool: pd.DataFrame, max_width: int) -> str:
+    """"smollm2-135m: fp32 baseline 513.1 MB, perplexity 14.700, decode 20.3 tok/s", or why there is none."""
+    by_key = pool.drop_duplicates("key", keep="last").set_index("key") if "key" in pool.columns else pd.DataFrame()
+    acc = list(dict.fromkeys(sub["baseline_key"].dropna()))
+    speed = list(dict.fromkeys(sub["speed_baseline_key"].dropna()))
+    ok = sub[sub["status"].astype(str).isin(SUCCEEDED)]
+    without = int(ok["baseline_key"].isna().sum())
+    if not acc:
+        what = "no fp32 baseline stored on the same data, so no Δ perplexity or × baseline"
+    elif len(acc) > 1:
+        what = f"{len(acc)} fp32 baselines (runs on different data): each run is compared with its own"
+    else:
+        b = by_key.loc[acc[0]]
+        parts = []
+        w = pd.to_numeric(pd.Series([b.get("weights_bytes")]), errors="coerce").iloc[0]
+        if pd.notna(w):
+            parts.append(f"{w / MB:.1f} MB")
+        p = pd.to_numeric(pd.Series([b.get("perplexity")]), errors="coerce").iloc[0]
+        if pd.notna(p):
+            parts.append(f"perplexity {p:.3f}")
+        sb = by_key.loc[speed[0]] if len(speed) == 1 else b
+        d = pd.to_numeric(pd.Series([sb.get("decode_tok_s")]), errors="coerce").iloc[0]
+        if pd.notna(d):
+            parts.append(f"decode {d:.1f} tok/s")
+        what = "fp32 baseline " + (", ".join(parts) if parts else "stored")
+        if without:
+            what += f"; {without} run{'s have' if without > 1 else ' has'} none (other data)"
+    room = max_width - len(what) - 2
+    name = model if len(model) <= room else ELLIPSIS + model[-max(room - 1, 8):]
+    return f"{name}: {what}"[:max_width]
 
 
 def sensitivity_heatmap(frame: pd.DataFrame, metric: str = "ppl_delta", title: str | None = None) -> go.Figure:
@@ -458,7 +871,9 @@ def params_text(params: str | Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    "ACCURACY_MINIMIZE", "METRIC_NAMES", "MB", "NO_RUNS", "SUMMARY_COLUMNS", "accuracy_vs_memory", "generation_table",
+    "ACCURACY_MINIMIZE", "BACKEND_COLORS", "COMPACT_COLUMNS", "METRIC_NAMES", "MB", "NO_RUNS", "SUMMARY_COLUMNS",
+    "accuracy_vs_memory", "backend_color", "backend_of", "compact_table", "compact_text", "generation_table",
+    "shorten_labels", "terminal_text", "text_table",
     "latency_per_batch", "memory_per_batch", "layers_text", "pareto_front", "params_text", "pick_accuracy", "results_frame",
     "sensitivity_heatmap",
     "summary_table", "throughput_per_batch", "tokens_per_s_per_length",

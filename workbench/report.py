@@ -32,6 +32,7 @@ table.dataframe td:first-child, table.dataframe th:first-child { text-align: lef
 pre { white-space: pre-wrap; word-break: break-word; background: #f6f8fa; padding: 0.5em; margin: 0; }
 .note { color: #57606a; font-style: italic; } .meta { color: #57606a; }
 .status-failed { color: #b42318; font-weight: 600; }
+.scroll { overflow-x: auto; }
 """
 
 
@@ -47,7 +48,9 @@ def build_report(results: Sequence[RunResult], title: str = "Quantization Workbe
     figures: list[str] = []  # collects rendered figure divs; plotly.js goes in once if any
 
     def figure(fig: go.Figure) -> str:
-        div = fig.to_html(full_html=False, include_plotlyjs=False, default_height="460px",
+        # Full width of the page, and resized with it (a layout width would pin it).
+        fig.update_layout(width=None, autosize=True)
+        div = fig.to_html(full_html=False, include_plotlyjs=False, default_height="460px", default_width="100%",
                           config={"displaylogo": False, "responsive": True})
         figures.append(div)
         return div
@@ -89,20 +92,26 @@ def write_report(results: Sequence[RunResult], path: str | Path, title: str = "Q
 def _summary(frame: pd.DataFrame) -> str:
     if len(frame) == 0:
         return _note("no runs")
-    return _df_html(plots.summary_table(frame))
+    # Wider than the page with its kernel column: it scrolls on its own, the page does not.
+    return f"<div class=\"scroll\">{_df_html(plots.summary_table(frame))}</div>"
 
 
 def _accuracy(frame: pd.DataFrame, figure: Any) -> str:
     models = list(dict.fromkeys(frame["model"].astype(str)))
     if not models:
         return _note(plots.NO_RUNS)
-    parts = []
+    legend = ["<p class=\"meta\">One colour per backend; the fp32 baseline is the star (and the dotted line), "
+              "runs no other beats on both axes carry their label and the dashed Pareto front, a triangle at the top "
+              "edge is a run off the scale (its value in its label). Hover a point for its parameters, layers and "
+              "kernel; for perplexity, the buttons above a figure show its change against the baseline.</p>"]
+    parts, drawn = [], False
     for model in models:
         sub = frame[frame["model"].astype(str) == model]
         fig = plots.accuracy_vs_memory(sub, accuracy=None)
         parts.append(f"<h3>{_e(model)}</h3>")
         parts.append(figure(fig) if fig.data else _note(_annotation(fig)))
-    return "\n".join(parts)
+        drawn = drawn or bool(fig.data)
+    return "\n".join((legend if drawn else []) + parts)
 
 
 def _speed(results: list[RunResult], figure: Any) -> str:
@@ -146,29 +155,59 @@ def _failed(failed: list[RunResult]) -> str:
 
 
 def _environment(results: list[RunResult]) -> str:
+    """What all runs share once (device facts, versions, the device they ran on), then per run only what
+    differs (its own versions and device facts), its layer counts, kernel, duration, warnings and notes.
+    "All runs" are those that reported it: a run that failed before its worker reported has no device."""
     own = {"workbench": __version__, "python": platform.python_version(), "pandas": pd.__version__,
            "plotly": plotly.__version__}
     parts = [f"<p class=\"meta\">Report built with {_e(_kv(own))}.</p>"]
     if not results:
         return "\n".join(parts)
-    head = "".join(f"<th class=\"text\">{h}</th>" for h in
-                   ("run", "model", "status", "device", "layers quantized / eligible", "kernel", "versions",
-                    "duration (s)", "warnings and notes"))
-    rows = []
-    for r in results:
-        device = _kv(r.device) if r.device else str(r.spec.get("device", ""))
+    devices = [{"device": r.spec.get("device", "cpu"), **(r.device or {})} for r in results]
+    versions = [dict(r.versions or {}) for r in results]
+    shared_device = _shared([d for d, r in zip(devices, results) if r.device])
+    shared_versions = _shared([v for v in versions if v])
+    reported = sum(1 for r in results if r.device or r.versions)
+    shared_rows = [(what, _kv(d)) for what, d in (("device", shared_device), ("versions", shared_versions)) if d]
+    if shared_rows:
+        whom = "every run" if reported == len(results) else f"the {reported} runs that reported them"
+        parts.append(f"<h3>Shared by {_e(whom)}</h3>")
+        parts.append("<table class=\"environment-shared\">" + "".join(
+            f"<tr><th class=\"text\">{_e(what)}</th><td class=\"text\">{_e(text)}</td></tr>"
+            for what, text in shared_rows) + "</table>")
+    per_run = []
+    for r, d, v in zip(results, devices, versions):
+        differs_device = {k: x for k, x in d.items() if k not in shared_device} if r.device else {}
+        differs_versions = {k: x for k, x in v.items() if k not in shared_versions}
         layers = plots.layers_text(r.layers_quantized, r.layers_eligible) or "unknown"
         remarks = "".join(f"<li>{_e(w)}</li>" for w in [*r.warnings, *r.notes])
         duration = f"{r.duration_s:.1f}" if isinstance(r.duration_s, (int, float)) else ""
-        rows.append(
-            f"<tr><td class=\"text\">{_e(_label(r))}</td><td class=\"text\">{_e(r.model)}</td>"
-            f"<td class=\"text\">{_e(r.status.value)}{' (cached)' if r.cached else ''}</td>"
-            f"<td class=\"text\">{_e(device)}</td><td>{_e(layers)}</td><td class=\"text\">{_e(r.kernel or '')}</td>"
-            f"<td class=\"text\">{_e(_kv(r.versions))}</td><td>{duration}</td>"
-            f"<td class=\"text\">{f'<ul>{remarks}</ul>' if remarks else ''}</td></tr>"
-        )
-    parts.append(f"<table class=\"environment\"><tr>{head}</tr>{''.join(rows)}</table>")
+        per_run.append({
+            "run": f"<td class=\"text\">{_e(_label(r))}</td>",
+            "model": f"<td class=\"text\">{_e(r.model)}</td>",
+            "status": f"<td class=\"text\">{_e(r.status.value)}{' (cached)' if r.cached else ''}</td>",
+            "device (where it differs)": f"<td class=\"text\">{_e(_kv(differs_device))}</td>" if differs_device else "",
+            "versions (where they differ)": f"<td class=\"text\">{_e(_kv(differs_versions))}</td>"
+            if differs_versions else "",
+            "layers quantized / eligible": f"<td>{_e(layers)}</td>",
+            "kernel": f"<td class=\"text\">{_e(r.kernel or '')}</td>",
+            "duration (s)": f"<td>{duration}</td>",
+            "warnings and notes": f"<td class=\"text\">{f'<ul>{remarks}</ul>' if remarks else ''}</td>",
+        })
+    # A column that is empty for every run (nothing differs) is left out.
+    columns = [c for c in per_run[0] if any(row[c] for row in per_run)]
+    head = "".join(f"<th class=\"text\">{_e(c)}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(row[c] or "<td></td>" for c in columns) + "</tr>" for row in per_run)
+    parts.append(f"<h3>Each run</h3><table class=\"environment\"><tr>{head}</tr>{rows}</table>")
     return "\n".join(parts)
+
+
+def _shared(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The items every one of `dicts` has with the same value (in the first one's order); {} for none."""
+    if not dicts:
+        return {}
+    first = dicts[0]
+    return {k: v for k, v in first.items() if all(k in d and d[k] == v for d in dicts[1:])}
 
 
 # --- small helpers -----------------------------------------------------------------------

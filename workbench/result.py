@@ -157,7 +157,45 @@ class RunResult:
         return cls(key=key, status=status, spec=dict(spec), error=error, **kw)
 
     def to_row(self) -> dict[str, Any]:
-        """One flat row for pandas: identity, status, every metric, layer counts."""
+        """One flat row for pandas: identity, status, every metric, layer counts.
+
+        `data_key` and `bench_key` say what a run is comparable with (`workbench.baselines`):
+        `data_key` hashes the model spec and the evaluation part of the data spec (the key of
+        the reference outputs, `spec.data_key`, with the calibration sizes at their defaults:
+        they change how a model is quantized, not what it is measured on); `bench_key` hashes
+        the bench spec. Both fill in the defaults first, so a spec that omits them and one that
+        spells them out get the same key.
+        """
+        import hashlib
+        from dataclasses import asdict, fields as dc_fields, replace
+
+        from .spec import PROTOCOL_VERSION, BenchSpec, DataSpec, ModelSpec, data_key
+
+        def build(cls: type, value: Any) -> Any:
+            names = {f.name for f in dc_fields(cls)}
+            d = dict(value or {}) if isinstance(value, Mapping) or value is None else None
+            if d is None or set(d) - names:
+                raise ValueError(value)
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+        def short_hash(value: Any) -> str:
+            blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+            return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+        model = self.spec.get("model") or {}
+        try:  # a spec this version cannot parse still gets a key: its raw JSON's
+            mspec = ModelSpec(id=model) if isinstance(model, str) else build(ModelSpec, model)
+            dspec = build(DataSpec, self.spec.get("data"))
+            defaults = DataSpec()
+            row_data_key = data_key(mspec, replace(dspec, calib_samples=defaults.calib_samples,
+                                                   calib_seq_len=defaults.calib_seq_len))
+        except (TypeError, ValueError):
+            row_data_key = short_hash({"model": model, "data": self.spec.get("data")})
+        try:
+            row_bench_key = short_hash({"bench": asdict(build(BenchSpec, self.spec.get("bench"))),
+                                        "protocol": PROTOCOL_VERSION})
+        except (TypeError, ValueError):
+            row_bench_key = short_hash({"bench": self.spec.get("bench")})
         row: dict[str, Any] = {
             "key": self.key,
             "model": self.model,
@@ -166,6 +204,8 @@ class RunResult:
             "label": label(self.method, self.params),
             "status": self.status.value,
             "device": self.spec.get("device", "cpu"),
+            "data_key": row_data_key,
+            "bench_key": row_bench_key,
             "layers_quantized": self.layers_quantized,
             "layers_eligible": self.layers_eligible,
             "kernel": self.kernel,

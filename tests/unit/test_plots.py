@@ -100,27 +100,90 @@ def test_pareto_front_empty_frame():
 
 
 # --- accuracy vs memory -----------------------------------------------------------------
+def points_of(fig) -> list:
+    """The run traces (one per backend and model), not the front lines or the model-symbol entries."""
+    return [t for t in fig.data if (t.legendgroup or "").startswith("backend:")]
+
+
+def by_label(fig) -> dict:
+    """label -> (x, y, text, symbol) of every plotted run."""
+    out = {}
+    for t in points_of(fig):
+        for x, y, text, symbol, custom in zip(t.x, t.y, t.text, t.marker.symbol, t.customdata):
+            out[custom[0]] = (x, y, text, symbol)
+    return out
+
+
 def test_accuracy_vs_memory_causal_lm(results):
     df = plots.results_frame(results)
     lm = df[df["model"] == LM]
     before = lm.copy()
     fig = plots.accuracy_vs_memory(lm)
     pd.testing.assert_frame_equal(lm, before)
-    assert len(fig.data) == 2  # the runs, the front
-    points, front = fig.data
+    # One trace per backend (baseline: pytorch; rtn: workbench), then the front.
+    assert [t.name for t in fig.data] == ["pytorch", "workbench", "Pareto front"]
+    points = by_label(fig)
     # Four successful runs; the oom one is left out.
-    assert len(points.x) == 4
-    assert list(points.text) == ["baseline", "rtn bits=8 group_size=64 sym", "rtn bits=8 group_size=128 sym",
-                                 "rtn bits=4 group_size=64 sym=false"]
-    assert list(points.marker.symbol) == ["diamond", "diamond", "circle", "diamond"]
+    assert set(points) == {"baseline", "rtn bits=8 group_size=64 sym", "rtn bits=8 group_size=128 sym",
+                           "rtn bits=4 group_size=64 sym=false"}
+    # The baseline is a star; text only on the front (k2 is bigger and worse than k1).
+    assert points["baseline"][3] == "star"
+    assert points["rtn bits=8 group_size=128 sym"][2] == ""
+    assert points["rtn bits=4 group_size=64 sym=false"][2] == "rtn bits=4 group_size=64 sym=false"
+    front = fig.data[-1]
     # The front goes left to right in MB: k3 (84), k1 (140), baseline (538).
     assert list(front.x) == pytest.approx([84.0, 140.0, 538.0])
     assert list(front.y) == pytest.approx([19.55, 14.75, 14.70])
     assert "weights (MB)" in fig.layout.xaxis.title.text
     assert "perplexity" in fig.layout.yaxis.title.text
-    # Hover data: params and layer counts.
-    assert points.customdata[1][1] == "210/211"
-    assert "bits=8" in points.customdata[1][0]
+    # Hover data: full label, params, layer counts, kernel, weights, the metric and its change.
+    rtn = fig.data[1]
+    assert rtn.customdata[0][2] == "210/211" and "bits=8" in rtn.customdata[0][1]
+    assert rtn.customdata[0][3] == "reference-dequant" and rtn.customdata[0][4] == "140.0"
+    assert rtn.customdata[0][5] == "14.75" and rtn.customdata[0][6] == "+0.3 %"
+    # The baseline's value is drawn as a dotted line.
+    assert [sh.y0 for sh in fig.layout.shapes] == [pytest.approx(14.70)]
+
+
+def test_one_colour_and_one_legend_entry_per_backend(results):
+    extra = [run("o1", "ov-weight", {"bits": 8}, weights_bytes=150 * MIB, perplexity=14.72),
+             run("o2", "ov-weight", {"bits": 4, "group_size": 64}, weights_bytes=90 * MIB, perplexity=16.0),
+             run("h1", "hqq", {"nbits": 4, "group_size": 64}, weights_bytes=95 * MIB, perplexity=16.2),
+             run("u1", "no-such-plugin", {}, weights_bytes=200 * MIB, perplexity=15.0)]
+    fig = plots.accuracy_vs_memory(plots.results_frame(results[:5] + extra))
+    runs = points_of(fig)
+    assert [t.name for t in runs if t.showlegend] == ["pytorch", "workbench", "openvino", "hqq", "other"]
+    assert len(runs) == 5  # one model: one trace per backend
+    colours = [t.marker.color for t in runs]
+    assert len(set(colours)) == 5
+    assert runs[2].marker.color == plots.BACKEND_COLORS["openvino"]
+    assert plots.backend_of("ov-weight") == "openvino" and plots.backend_of("no-such-plugin") == "other"
+    # Text only on the Pareto-front points; every point keeps its full label for the hover.
+    front = plots.pareto_front(fig_frame := pd.DataFrame(
+        [(x, y) for t in runs for x, y in zip(t.x, t.y)], columns=["x", "y"]), "x", "y")
+    texts = [text for t in runs for text in t.text]
+    assert [bool(t) for t in texts] == front.tolist()
+    assert len(fig_frame) == 8
+
+
+def test_the_y_axis_switches_between_perplexity_and_its_change(results):
+    fig = plots.accuracy_vs_memory(plots.results_frame(results[:4]))
+    (menu,) = fig.layout.updatemenus
+    assert menu.type == "buttons" and [b.label for b in menu.buttons] == ["perplexity", "Δ perplexity vs fp32 (%)"]
+    metric, change = menu.buttons
+    # Each button sets y for every trace (runs, then the front): perplexity, or its change in percent.
+    assert len(metric.args[0]["y"]) == len(change.args[0]["y"]) == len(fig.data)
+    assert metric.args[0]["y"][0] == [pytest.approx(14.70)]
+    assert change.args[0]["y"][0] == [0.0]  # the baseline
+    assert change.args[0]["y"][1] == pytest.approx([100 * (14.75 / 14.70 - 1), 100 * (14.90 / 14.70 - 1),
+                                                    100 * (19.55 / 14.70 - 1)])
+    assert "change" in change.args[1]["yaxis.title.text"]
+    assert change.args[1]["shapes"][0]["y0"] == 0.0  # the baseline line follows
+    # Without a baseline there is no change to switch to.
+    no_base = plots.accuracy_vs_memory(plots.results_frame(results[1:4]))
+    assert no_base.layout.updatemenus == ()
+    # The escaping rule holds for the buttons too.
+    assert all("<" not in b.label for b in menu.buttons)
 
 
 def test_accuracy_vs_memory_picks_cosine_for_encoders(results):
@@ -129,28 +192,50 @@ def test_accuracy_vs_memory_picks_cosine_for_encoders(results):
     assert plots.pick_accuracy(enc) == ("embedding_cosine", False)
     assert plots.pick_accuracy(df[df["model"] == LM]) == ("perplexity", True)
     fig = plots.accuracy_vs_memory(enc, accuracy=None)
-    points, front = fig.data
+    front = fig.data[-1]
     assert "cosine" in fig.layout.yaxis.title.text
     # Maximizing cosine: e2 (26 MB, 0.95) is bigger and worse than e1 (24 MB, 0.999).
     assert list(front.x) == pytest.approx([24.0, 90.0])
-    assert list(points.marker.symbol) == ["diamond", "diamond", "circle"]
+    points = by_label(fig)
+    assert points["rtn bits=4 group_size=64 sym"][2] == "" and points["rtn bits=8 group_size=64 sym"][2]
+    assert fig.layout.updatemenus == ()  # cosine is already against fp32: no switch
 
 
-def test_accuracy_vs_memory_two_models_two_traces_each(results):
+def test_accuracy_vs_memory_two_models_one_front_and_symbol_each(results):
     other = [run("t" + r.key, r.method, r.params, model="tiny-llama", **r.metrics) for r in results if r.model == LM]
     fig = plots.accuracy_vs_memory(plots.results_frame(results[:5] + other))
-    assert len(fig.data) == 4
-    assert [t.name for t in fig.data] == [f"{LM}: runs", f"{LM}: Pareto front", "tiny-llama: runs",
-                                          "tiny-llama: Pareto front"]
+    fronts = [t for t in fig.data if t.name == "Pareto front"]
     # Each model gets its own front: the fronts do not mix points across models.
-    assert len(fig.data[1].x) == 3 and len(fig.data[3].x) == 3
+    assert len(fronts) == 2 and len(fronts[0].x) == 3 and len(fronts[1].x) == 3
+    assert sum(bool(t.showlegend) for t in fronts) == 1
+    # Still one legend entry per backend; the models are told apart by their symbol.
+    assert [t.name for t in points_of(fig) if t.showlegend] == ["pytorch", "workbench"]
+    models = [t for t in fig.data if (t.legendgroup or "").startswith("model:")]
+    assert [t.name for t in models] == [LM, "tiny-llama"]
+    assert models[0].marker.symbol != models[1].marker.symbol
+    assert len(fig.layout.shapes) == 2  # a baseline line per model
 
 
-def test_accuracy_vs_memory_goes_log_for_a_broken_run(results):
-    broken = run("k9", "rtn", {"bits": 4, "fp4": True}, weights_bytes=80 * MIB, perplexity=2e9)
+def test_a_broken_run_is_drawn_off_scale_not_squashing_the_others(results):
+    broken = run("k9", "rtn", {"bits": 3, "group_size": 64}, weights_bytes=70 * MIB, perplexity=157.0)
     fig = plots.accuracy_vs_memory(plots.results_frame(results[:4] + [broken]))
+    assert fig.layout.yaxis.type == "linear"
+    low, high = fig.layout.yaxis.range
+    # The working runs (14.7 to 19.55) fill the height; the broken one sits at the top edge, marked.
+    assert low < 14.70 and 19.55 < high < 22
+    x, y, text, symbol = by_label(fig)["rtn bits=3 group_size=64"]
+    assert symbol == "triangle-up" and "157" in text and "off scale" in text and low < y < high
+    assert "off scale" in fig.layout.yaxis.title.text
+    assert plots.accuracy_vs_memory(plots.results_frame(results[:4])).layout.yaxis.range is None
+    # A run 30 % worse than the best is data, not an outlier.
+    assert plots._off_scale(pd.Series([14.7, 14.75, 14.9, 19.55]), minimize=True).sum() == 0
+
+
+def test_a_range_still_wide_after_the_outliers_goes_log(results):
+    broken = [run(f"b{i}", "rtn", {"bits": 2, "group_size": g}, weights_bytes=60 * MIB, perplexity=p)
+              for i, (g, p) in enumerate([(16, 2e3), (32, 9e3), (64, 3e4), (128, 2e9)])]
+    fig = plots.accuracy_vs_memory(plots.results_frame(results[:2] + broken))
     assert fig.layout.yaxis.type == "log"
-    assert plots.accuracy_vs_memory(plots.results_frame(results[:4])).layout.yaxis.type == "linear"
 
 
 @pytest.mark.parametrize("frame", [
@@ -258,6 +343,49 @@ def test_summary_table_human_units(results):
     assert oom["status"] == "oom" and math.isnan(oom["perplexity"]) and oom["layers"] == "" and oom["kernel"] == ""
     assert s.iloc[6]["cosine"] == 0.999
     assert list(plots.summary_table(pd.DataFrame()).columns) == list(plots.SUMMARY_COLUMNS)
+    # Against the fp32 baseline of the same model: perplexity change in percent, decode speed as a multiple.
+    assert s.iloc[0]["Δ perplexity (%)"] == 0.0 and s.iloc[0]["× baseline"] == 1.0
+    assert k1["Δ perplexity (%)"] == pytest.approx(0.34) and k1["× baseline"] == pytest.approx(0.94)
+    assert math.isnan(s.iloc[2]["× baseline"])  # k2 has no decode speed
+    assert math.isnan(s.iloc[6]["Δ perplexity (%)"])  # encoders: cosine is already against fp32
+
+
+def test_compact_table_drops_empty_columns_per_model(results):
+    df = plots.results_frame(results)
+    lm = plots.compact_table(df[df["model"] == LM])
+    assert list(lm.columns) == ["label", "weights (MB)", "perplexity", "Δ perplexity (%)", "KL", "top-1 (%)",
+                                "decode tok/s", "× baseline", "status"]
+    enc = plots.compact_table(df[df["model"] == ENC])
+    assert list(enc.columns) == ["label", "weights (MB)", "cosine", "status"]
+
+
+def test_text_table_fits_the_width_by_shortening_labels():
+    long = "ov-weight awq bits=4 dataset=pydoc-topics ratio=0.8 scale_estimation"
+    table = pd.DataFrame({"label": ["baseline", long, long.replace(" ratio=0.8", "")],
+                          "weights (MB)": [513.0, 95.0, 96.0], "Δ perplexity (%)": [0.0, 3.25, None],
+                          "status": ["ok", "ok", "ok"]})
+    wide = plots.text_table(table, max_width=None)
+    assert long in wide and max(map(len, wide.splitlines())) > 60
+    text = plots.text_table(table, max_width=60)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 60
+    # Two header lines (name over unit), numbers right-aligned, missing values blank.
+    assert lines[0].split() == ["weights", "Δ", "ppl"] and lines[1].split() == ["label", "(MB)", "(%)", "status"]
+    assert lines[2].split() == ["baseline", "513.0", "0.0", "ok"]
+    assert "+3.2" in lines[3] or "+3.3" in lines[3]
+    # Shortened at word boundaries; the word that tells the two ov-weight runs apart is kept.
+    assert "…" in lines[3] and "ratio=0.8" in lines[3] and lines[3].startswith("ov-weight")
+    assert lines[4].split()[-2:] == ["96.0", "ok"]
+
+
+def test_shorten_labels_rules():
+    assert plots.shorten_labels(["rtn bits=4"], 40) == ["rtn bits=4"]
+    (one,) = plots.shorten_labels(["ov-weight a=1 b=2 c=3 d=4 e=5 last=9"], 24)
+    assert one.startswith("ov-weight a=1") and one.endswith("… last=9") and len(one) <= 24
+    a, b = plots.shorten_labels(["m x=1 y=2 z=3 w=4 v=5", "m x=1 y=2 z=3 w=4 v=6"], 12)
+    assert a.endswith("v=5") and b.endswith("v=6") and len(a) <= 12
+    (cut,) = plots.shorten_labels(["averyveryverylongmethodname"], 10)
+    assert cut == "averyvery…"
 
 
 def test_batch_axis_is_ordered_across_runs_with_different_sizes():
@@ -289,7 +417,7 @@ def test_missing_kernel_reads_blank_not_nan():
     b = run("b", "rtn", {"bits": 4}, weights_bytes=1 * MIB, perplexity=11.0)
     a.kernel = None  # pandas may turn the missing string into NaN
     df = plots.results_frame([a, b])
-    assert [c[2] for c in plots.accuracy_vs_memory(df).data[0].customdata] == ["", "reference-dequant"]
+    assert [t.customdata[0][3] for t in points_of(plots.accuracy_vs_memory(df))] == ["", "reference-dequant"]
     assert plots.summary_table(df)["kernel"].tolist() == ["", "reference-dequant"]
 
 

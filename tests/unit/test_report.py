@@ -130,3 +130,35 @@ def test_write_report(tmp_path, results):
     text = path.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>") and "<title>Sweep 1</title>" in text
     assert text.rstrip().endswith("</html>")
+
+
+def test_environment_states_what_runs_share_once_and_per_run_what_differs(results):
+    other = make("k5", "rtn", {"bits": 8, "group_size": 64, "sym": True}, weights_bytes=140e6, perplexity=14.75)
+    other.versions = {"torch": "2.13.0", "transformers": "5.23.0", "optimum-intel": "1.99.0 <dev>"}
+    other.device = {"name": "Intel Xeon", "threads": 4}
+    env = build_report(results + [other])
+    env = env[env.index("<h2>Environment</h2>"):]
+    shared = env[:env.index("<h3>Each run</h3>")]
+    each = env[env.index("<h3>Each run</h3>"):]
+    # torch and transformers are the same everywhere: said once, never per run.
+    assert env.count("torch 2.13.0") == 1 and "torch 2.13.0, transformers 5.23.0" in shared
+    assert "name Intel Xeon" in shared and "threads" not in shared
+    # What differs stays with its run (escaped): the other thread count, the extra package.
+    assert each.count("threads 2") == 4 and each.count("threads 4") == 1
+    assert "optimum-intel 1.99.0 &lt;dev&gt;" in each and "versions (where they differ)" in each
+    assert each.count("210/211") == 5 and "reference-dequant" in each and "12.5" in each
+    # Everything shared (one kind of run): no per-run device or versions columns at all.
+    alone = build_report(results[:2])
+    assert "where it differs" not in alone and "where they differ" not in alone
+
+
+def test_summary_has_the_ratios_and_figures_take_the_page_width(results):
+    page = build_report(results)
+    summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Accuracy vs memory</h2>")]
+    assert "Δ perplexity (%)" in summary and "× baseline" in summary
+    assert "<td>31.09</td>" in summary  # 19.27 / 14.70 - 1, in percent
+    # Every figure in a full-width div, autosized (no layout width pins it to 700 px).
+    figures = outside_bundle(page)
+    divs = re.findall(r'<div style="height:\d+px; width:([^;"]*);">', figures)
+    assert len(divs) == 6 and set(divs) == {"100%"}
+    assert figures.count('"autosize":true') == 6 and '"responsive": true' in figures

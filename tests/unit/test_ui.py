@@ -169,12 +169,32 @@ def test_the_app_reads_the_store_and_plots_update_when_a_run_lands(session):
     app = App(session)
     assert "1 of 1 stored runs" in app.results.count.value
     fig = app.plots.figures["accuracy vs memory"]
-    assert len(fig.data[0].x) == 1  # the runs of tiny-llama (the next trace is its Pareto front)
+    assert len(fig.data[0].x) == 1  # the rtn run (the next trace is the Pareto front)
+    assert fig.layout.updatemenus == ()  # no baseline yet: nothing to compare with
     session.store.append(_result("2", "baseline", perplexity=10.0, weights_bytes=8e6))
     app._finished(None)
     assert "2 of 2" in app.results.count.value
-    assert len(fig.data[0].x) == 2
+    # One trace per backend: rtn (workbench), baseline (pytorch).
+    assert [(t.name, len(t.x)) for t in fig.data if t.legendgroup.startswith("backend:")] == [("workbench", 1),
+                                                                                             ("pytorch", 1)]
     assert fig.layout.yaxis.title.text.startswith("perplexity")
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["perplexity", "Δ perplexity vs fp32 (%)"]
+    # The shown FigureWidget got the buttons too (they live in the layout), and it has the page's width.
+    assert app.plots.figure.layout.updatemenus[0].buttons[1].args[0]["y"][0] == [100.0]
+    assert app.plots.figure.layout.width is None
+    assert app.plots.widget.layout.width == "100%" and app.plots.body.layout.width == "100%"
+
+
+def test_the_results_table_compares_each_run_with_its_baseline(session):
+    for r in (_result("1", "rtn", perplexity=11.0, weights_bytes=2e6, decode_tok_s=30.0),
+              _result("2", "baseline", perplexity=10.0, weights_bytes=8e6, decode_tok_s=20.0)):
+        session.store.append(r)
+    app = App(session)
+    assert "Δ perplexity (%)" in app.results.sort_by.options and "× baseline" in app.results.sort_by.options
+    view = table_view(session.dataframe(), sort_by="Δ perplexity (%)")
+    assert view["label"].tolist() == ["baseline", "rtn"]
+    assert view["Δ perplexity (%)"].tolist() == [0.0, 10.0] and view["× baseline"].tolist() == [1.0, 1.5]
+    assert "Δ perplexity (%)" in app.results.table.value and "<td>10.0</td>" in app.results.table.value
 
 
 def test_a_failing_handler_is_shown_not_raised(app, monkeypatch):

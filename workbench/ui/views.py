@@ -52,7 +52,7 @@ class ResultsView:
         for w in (self.text, self.status, self.sort_by, self.ascending):
             w.observe(lambda _c: self.render(), names="value")
         self.widget = W.VBox([W.HBox([self.text, self.status, self.sort_by, self.ascending]), self.count,
-                              self.table])
+                              self.table], layout=W.Layout(width="100%"))
         self.df = pd.DataFrame()
         self.refresh()
 
@@ -125,12 +125,14 @@ class PlotsView:
     def __init__(self, session: Any):
         self.session = session
         self.figures: dict[str, go.Figure] = {name: go.Figure() for name in PLOTS}
-        self.figure = go.FigureWidget()
-        self.generation = W.HTML()
+        # The plot takes the page's width: no layout width (plotly autosizes to its container), and
+        # column boxes at 100 % (a row Box shrinks its child to plotly's default 700 px, or less).
+        self.figure = go.FigureWidget(layout={"autosize": True})
+        self.generation = W.HTML(layout=W.Layout(width="100%"))
         self.choice = W.ToggleButtons(options=[*PLOTS, TABLE], value=next(iter(PLOTS)),
                                       style={"button_width": "auto"})
-        self.body = W.Box([self.figure])
-        self.widget = W.VBox([self.choice, self.body])
+        self.body = W.VBox([self.figure], layout=W.Layout(width="100%"))
+        self.widget = W.VBox([self.choice, self.body], layout=W.Layout(width="100%"))
         self.choice.observe(lambda _c: self.show(), names="value")
         self.refresh()
 
