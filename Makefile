@@ -1,13 +1,12 @@
 # Quantization Workbench. `make demo` and `make test` work on a fresh clone.
 PY ?= python3
 VENV := .venv
-# Everything the workbench caches (backend environments, converted models, baseline
-# outputs) stays inside the checkout; `make clean` removes it.
-export WORKBENCH_HOME ?= $(CURDIR)/.workbench
+# Everything the workbench caches (backend environments, converted models, baseline outputs)
+# stays inside the checkout, in .workbench/, and results in results/: the package finds both on
+# its own when it runs from this checkout (workbench/paths.py), so the CLI, a kernel started in
+# notebooks/ and the app agree with no variable set. WORKBENCH_HOME, when set, wins everywhere.
+WORKBENCH_HOME ?= $(CURDIR)/.workbench
 export HF_HUB_OFFLINE ?= 1
-# One results store for the CLI, the app and JupyterLab: Voila and Jupyter start kernels in the
-# notebook's folder (notebooks/), where the relative default would make a second store.
-export WORKBENCH_STORE ?= $(CURDIR)/results/workbench.sqlite
 WB := $(VENV)/bin/workbench
 TORCH_ENV := $(WORKBENCH_HOME)/envs/torch
 TORCH_PY := $(TORCH_ENV)/bin/python
@@ -38,6 +37,7 @@ $(TORCH_ENV)/.extensions: $(TORCH_ENV)/workbench-env.json $(EXTENSIONS)
 	touch $@
 
 $(WORKBENCH_HOME)/envs/%/workbench-env.json: $(VENV)/.installed workbench/envs/%.txt workbench/envs/%-nodeps.txt
+	@mkdir -p $(WORKBENCH_HOME)
 	$(WB) env create $*
 
 $(TORCH_ENV)/.test-deps: $(TORCH_ENV)/workbench-env.json

@@ -9,6 +9,7 @@
     workbench report [--store PATH] --out FILE.html
     workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
     workbench env list [--json]    workbench env create NAME
+    workbench info [--json]        where the home, store and environments are, and why
 
 Exit codes: 0 done, 2 invalid input, 3 the run failed (crashed / timeout /
 out of memory), 4 method or environment unavailable.
@@ -46,6 +47,8 @@ DEFAULT_COMPARISON = (
 # For pipelines (diffusion, speech-to-text, vision-language) only the OpenVINO methods apply.
 PIPELINE_COMPARISON = ("ov-export", "ov-hybrid", "ov-hybrid:bits=4,group_size=32")
 DEFAULT_MODEL = "smollm2-135m"
+STORE_HELP = "SQLite results file (default: $WORKBENCH_STORE, else results/workbench.sqlite in the checkout or the " \
+             "workbench home: `workbench info` shows which)"
 
 
 def exit_code(result: RunResult) -> int:
@@ -212,8 +215,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         results.append(r)
         if not r.ok:
             print(f"{spec.label}: {r.status.value}: {r.error}", file=sys.stderr)
-    _print_table(results)
-    out = Path(args.report)
+    # The store's baselines count too: `--methods rtn:bits=4` after a first compare gets its ratios.
+    _print_table(results, wide=getattr(args, "wide", False), candidates=session.results())
+    out = Path(args.report) if args.report else session.store.path.parent / "report.html"
     write_report(session.results(), out)
     print(f"report: {out}  store: {session.store.path}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
@@ -340,24 +344,26 @@ def _cli_value(v: Any) -> str:
 
 
 def _print_front(results: list[RunResult]) -> None:
-    """The configurations no other one beats on both weight bytes and accuracy, per model."""
-    from .plots import pareto_front, pick_accuracy, results_frame, summary_table
+    """The configurations no other one beats on both weight bytes and accuracy, per model (no line over 120
+    characters; the ratios against each model's fp32 baseline, which need not be on the front)."""
+    from .plots import SUCCEEDED, compact_text, pareto_front, pick_accuracy, results_frame, terminal_text
 
     df = results_frame(results)
-    df = df[df["status"].astype(str).isin([s.value for s in RunStatus if s.succeeded])]
-    accuracy, minimize = pick_accuracy(df)
-    if accuracy is None or df.empty:
+    ok = df[df["status"].astype(str).isin(SUCCEEDED)]
+    accuracy, minimize = pick_accuracy(ok)
+    if accuracy is None or ok.empty:
         return
-    front = []
-    for _, g in df.groupby("model"):
-        front.append(g[pareto_front(g, "weights_bytes", accuracy, minimize_y=minimize)])
     import pandas as pd
 
-    table = summary_table(pd.concat(front)).sort_values(["model", "weights (MB)"])
-    columns = ["model", "label", "weights (MB)", "perplexity", "KL", "cosine", "PSNR (dB)", "decode tok/s"]
-    table = table[columns].dropna(axis="columns", how="all")
+    on_front = pd.Series(False, index=df.index)
+    for _, g in ok.groupby("model", sort=False):
+        on_front.loc[g.index] = pareto_front(g, "weights_bytes", accuracy, minimize_y=minimize)
+    # Models in the order they came, each one's front from the smallest weights up.
+    rank = {m: i for i, m in enumerate(dict.fromkeys(df["model"].astype(str)))}
+    order = pd.DataFrame({"m": df["model"].astype(str).map(rank),
+                          "w": pd.to_numeric(df["weights_bytes"], errors="coerce")}).sort_values(["m", "w"]).index
     print(f"\nPareto front (weights against {accuracy}):")
-    print(table.to_string(index=False))
+    print(terminal_text(compact_text(df.loc[order], rows=on_front.loc[order])))
 
 
 def _default_comparison(model: str) -> tuple[str, ...]:
@@ -373,14 +379,23 @@ def _default_comparison(model: str) -> tuple[str, ...]:
     return PIPELINE_COMPARISON if kind in catalog.PIPELINE_KINDS else DEFAULT_COMPARISON
 
 
-def _print_table(results: list[RunResult]) -> None:
+def _print_table(results: list[RunResult], wide: bool = False, candidates: list[RunResult] | None = None) -> None:
+    """The runs as text: by default one compact section per model (`plots.compact_text`: no line over 120
+    characters); `wide`: every column of `plots.summary_table`, full labels, as wide as it takes.
+    `candidates`: more results searched for fp32 baselines only (the store)."""
     import pandas as pd
 
-    from .plots import summary_table
+    from .baselines import against_baseline
+    from .plots import compact_text, results_frame, summary_table, terminal_text
 
-    df = pd.DataFrame([r.to_row() for r in results])
-    with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(summary_table(df).to_string(index=False))
+    df = results_frame(results)
+    pool = results_frame(candidates) if candidates else None
+    if wide:
+        with pd.option_context("display.max_columns", None, "display.width", 10_000,
+                               "display.max_colwidth", None):
+            print(terminal_text(summary_table(against_baseline(df, pool)).to_string(index=False, na_rep="")))
+        return
+    print(terminal_text(compact_text(df, candidates=pool)))
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -392,17 +407,26 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise InvalidSpec(f"store: {path} does not exist (run something first, or pass --store PATH)")
     store = ResultStore(path)
     results = store.results(latest_only=not args.all)
-    if args.format == "json":
-        print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
-    elif args.format == "csv":
-        import pandas as pd
+    if args.format in ("json", "csv"):
+        from .baselines import COLUMNS, against_baseline
+        from .plots import results_frame
 
-        pd.DataFrame([r.to_row() for r in results]).to_csv(sys.stdout, index=False)
+        frame = against_baseline(results_frame(results))
+        if args.format == "csv":
+            frame.to_csv(sys.stdout, index=False)
+            return EXIT_OK
+        # Each result as `RunResult.to_dict()`, plus what it is compared on and with (NaN as null).
+        extra = frame[["data_key", "bench_key", *COLUMNS]].astype(object)
+        rows = []
+        for r, (_, e) in zip(results, extra.iterrows()):
+            d = r.to_dict()
+            d.update({k: None if isinstance(v, float) and v != v else v for k, v in e.items()})
+            rows.append(d)
+        print(json.dumps(rows, indent=2, default=str))
+    elif results:
+        _print_table(results, wide=getattr(args, "wide", False))
     else:
-        if results:
-            _print_table(results)
-        else:
-            print("no results yet")
+        print("no results yet")
     return EXIT_OK
 
 
@@ -508,6 +532,58 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def info() -> dict[str, Any]:
+    """Where the workbench keeps things and why: home, store, environments, embedded models."""
+    import os
+    import platform
+
+    from . import __version__, paths
+    from .envs import manager
+    from .models import catalog
+
+    home, store = paths.resolve_home(), paths.resolve_store()
+    paths.home()  # a WORKBENCH_HOME that is a file or unwritable: the error names it (exit 2)
+    runs = None
+    if store.path.is_file():
+        from .store import ResultStore
+
+        runs = len(ResultStore(store.path))
+    return {
+        "workbench": __version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "checkout": str(paths.checkout()) if paths.checkout() else None,
+        "home": {"path": str(home.path), "rule": home.rule, "why": home.why},
+        "store": {"path": str(store.path), "rule": store.rule, "why": store.why, "runs": runs},
+        "environments": [s.to_dict() for s in manager.list_envs()],
+        # Catalog models converted (SmolLM2) or built (tiny ones) under the home; MiniLM needs no step.
+        "models": [n for n in catalog.CATALOG if (paths.subdir("models") / n / catalog.MANIFEST).is_file()],
+        "overrides": {k: os.environ.get(k) for k in ("WORKBENCH_HOME", "WORKBENCH_STORE")},
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    facts = info()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return EXIT_OK
+    home, store = facts["home"], facts["store"]
+    print(f"workbench {facts['workbench']}, Python {facts['python']}")
+    print(f"home:  {home['path']}\n       ({home['why']})")
+    runs = "not created yet" if store["runs"] is None else f"{store['runs']} stored runs"
+    print(f"store: {store['path']} ({runs})\n       ({store['why']})")
+    print("environments:")
+    for e in facts["environments"]:
+        what = e["python"] if e["state"] in ("ready", "external") else \
+            f"run `workbench env create {e['name']}`" if e["state"] == "missing" else e["reason"]
+        print(f"  {e['name']:<14} {e['state']:<8} {what}")
+    print("models converted or built: " + (", ".join(facts["models"]) or
+                                            "none yet (`workbench models --prepare` converts SmolLM2)"))
+    set_ = {k: v for k, v in facts["overrides"].items() if v}
+    print("overrides: " + (", ".join(f"{k}={v}" for k, v in set_.items()) if set_ else
+                           "none (WORKBENCH_HOME and WORKBENCH_STORE choose other places)"))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description="Quantization Workbench: compare quantization methods, measured one way.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -522,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_data_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
         sp.add_argument("--model", default=model_default, required=model_default is None,
                         help="catalog name (workbench models), local directory or hub id")
-        sp.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
+        sp.add_argument("--store", default=None, help=STORE_HELP)
         sp.add_argument("--data", default=None, help="text source: pydoc-topics, file:PATH, hub:NAME[/CONFIG]")
         sp.add_argument("--data-field", action="append", metavar="K=V", help="DataSpec field, e.g. eval_windows=4")
         sp.add_argument("--timeout", type=float, default=None, help="seconds before the worker is killed")
@@ -550,12 +626,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="the default comparison (or --methods), a table and a report")
     spec_args(c, DEFAULT_MODEL)
     c.add_argument("--methods", nargs="+", metavar="NAME[:K=V,...]", help=f"default: {' '.join(DEFAULT_COMPARISON)}; for pipelines: {' '.join(PIPELINE_COMPARISON)}")
-    c.add_argument("--report", default="results/report.html")
+    c.add_argument("--report", default=None, metavar="FILE.html",
+                   help="where the HTML report goes (default: report.html beside the store)")
+    c.add_argument("--wide", action="store_true", help="print every column (disk, peak RSS, layers, kernel) and "
+                                                      "full labels, in one wide table")
     c.set_defaults(func=cmd_compare)
 
     sw = sub.add_parser("sweep", help="run a TOML sweep file (resumable: stored configurations are reused)")
     sw.add_argument("file", help="the sweep file (format: python -c 'import workbench.sweep; help(workbench.sweep)')")
-    sw.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
+    sw.add_argument("--store", default=None, help=STORE_HELP)
     sw.add_argument("--dry-run", action="store_true", help="validate and list what would run; run nothing")
     sw.add_argument("--retry-failed", action="store_true", help="run again configurations whose stored run failed")
     sw.add_argument("--report", default=None, metavar="FILE.html", help="also write an HTML report of the sweep")
@@ -578,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recommend", help="search methods and bit widths for the smallest configuration within a budget")
     rc.add_argument("--model", default=DEFAULT_MODEL)
-    rc.add_argument("--store", default=None, help="SQLite results file (default results/workbench.sqlite or $WORKBENCH_STORE)")
+    rc.add_argument("--store", default=None, help=STORE_HELP)
     rc.add_argument("--max-ppl-increase", default=None, metavar="PCT", help="e.g. 5%% or 0.05: over the fp32 perplexity")
     rc.add_argument("--max-bytes", default=None, metavar="SIZE", help="weight bytes, e.g. 120MB")
     rc.add_argument("--min-decode-tok-s", type=float, default=None, metavar="X", help="decode tokens/s at batch 1")
@@ -590,13 +669,15 @@ def build_parser() -> argparse.ArgumentParser:
     rc.set_defaults(func=cmd_recommend)
 
     res = sub.add_parser("results", help="stored results as a table, CSV or JSON")
-    res.add_argument("--store", default=None)
+    res.add_argument("--store", default=None, help=STORE_HELP)
     res.add_argument("--format", choices=("table", "csv", "json"), default="table")
     res.add_argument("--all", action="store_true", help="every stored row, not only the latest per spec")
+    res.add_argument("--wide", action="store_true", help="with --format table: every column (disk, peak RSS, "
+                                                        "layers, kernel) and full labels, in one wide table")
     res.set_defaults(func=cmd_results)
 
     rep = sub.add_parser("report", help="a self-contained HTML report of the store")
-    rep.add_argument("--store", default=None)
+    rep.add_argument("--store", default=None, help=STORE_HELP)
     rep.add_argument("--out", required=True)
     rep.set_defaults(func=cmd_report)
 
@@ -610,6 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--prepare", nargs="*", metavar="NAME",
                     help="convert / build these catalog models now (default: the embedded ones)")
     mo.set_defaults(func=cmd_models)
+
+    inf = sub.add_parser("info", help="where the workbench keeps environments, models and results, and why")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(func=cmd_info)
 
     e = sub.add_parser("env", help="backend environments")
     esub = e.add_subparsers(dest="env_cmd", required=True, parser_class=_Parser)

@@ -1,6 +1,6 @@
 """Backend environment families: creation, status and the interpreter a worker runs with.
 
-The backends cannot share one set of pins (BACKENDS.md), so each method names an
+The backends cannot share one set of pins (docs/backends.md), so each method names an
 environment family and the worker runs with that family's interpreter. The
 pinned requirement files ship inside the package (`workbench/envs/NAME.txt`,
 plus `NAME-nodeps.txt` for packages installed with --no-deps).
@@ -143,7 +143,9 @@ def status(name: str) -> EnvStatus:
     py = d / "bin" / "python"
     manifest = d / "workbench-env.json"
     if not py.exists() or not manifest.exists():
-        return EnvStatus(name, "missing", None, str(d), f"not created: run `workbench env create {name}`")
+        return EnvStatus(name, "missing", None, str(d),
+                         f"not created in {d.parent}: run `workbench env create {name}` "
+                         "(`workbench info` says why the workbench looks there)")
     meta = json.loads(manifest.read_text())
     if meta.get("fingerprint") != fam.fingerprint():
         return EnvStatus(name, "stale", str(py), str(d),
