@@ -10,7 +10,7 @@ embedding cosine against PyTorch fp32, and forward latency.
 
     .venv/bin/python benchmarks/openvino.py [--model smollm2-135m] [--fast] [--store PATH]
 
-The data-aware runs take 10-20 minutes each on 2 busy cores (BACKENDS.md).
+The data-aware runs take 10-20 minutes each on 2 busy cores (docs/backends.md).
 """
 from __future__ import annotations
 

@@ -481,7 +481,7 @@ def _measure_run(spec: RunSpec, target: str, method: Any, params: dict, ctx: Bui
 
 def _reference_check(metrics: dict, reference_out: dict, tolerance: float) -> tuple[RunStatus, str | None]:
     """Does the run reproduce the fp32 PyTorch model? For exports and conversions, which can go
-    silently wrong (BACKENDS.md: an ONNX export that dropped rope_theta). Causal LMs: perplexity
+    silently wrong (docs/backends.md: an ONNX export that dropped rope_theta). Causal LMs: perplexity
     within `tolerance` (relative); encoders: mean embedding cosine at least 1 - `tolerance`;
     text-to-image: RMS pixel difference (pixels in [0, 1]) at most `tolerance`; speech-to-text and
     vision-language: top-1 agreement of the teacher-forced tokens at least 1 - `tolerance`."""

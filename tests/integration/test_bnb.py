@@ -78,7 +78,7 @@ def test_smollm2_int8(session):
 
 
 def test_smollm2_fp4_without_double_quant_reload_is_checked(session):
-    """BACKENDS.md: "fp4 with fp32 compute reloads with perplexity 2e9". On CPUs with AVX512-BF16,
+    """docs/backends.md: "fp4 with fp32 compute reloads with perplexity 2e9". On CPUs with AVX512-BF16,
     bitsandbytes 0.50.2 saves such layers with transposed block scales: the run must say
     reload_mismatch, with the numbers, not hide it. Elsewhere the round trip is exact."""
     params = {"bits": 4, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False}

@@ -15,7 +15,7 @@ pytestmark = requires_openvino_env
 NO_LATENCY = BenchSpec(latency=False)
 NO_SAVE = BenchSpec(latency=False, save=False)
 TINY = DataSpec(eval_windows=2, window=64, calib_samples=8, calib_seq_len=64)
-FP32_PPL = 14.704  # PyTorch fp32 on the 8 default windows (BACKENDS.md)
+FP32_PPL = 14.704  # PyTorch fp32 on the 8 default windows (docs/backends.md)
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def test_int4_on_cpu_is_unavailable_with_the_reason_not_a_crash(session):
 
 
 def test_smollm2_int8_weight_only_within_one_percent(session):
-    # 2 windows keep it fast; fp32 on them: 14.24 (BACKENDS.md); KL and top-1 are against the fp32 reference.
+    # 2 windows keep it fast; fp32 on them: 14.24 (docs/backends.md); KL and top-1 are against the fp32 reference.
     r = session.submit(session.make_spec("smollm2-135m", "torchao", {"scheme": "int8_weight_only"},
                                          bench=BenchSpec(latency=False, save=False), data=DataSpec(eval_windows=2)))
     assert r.status is RunStatus.OK, (r.error, r.stderr_tail)

@@ -146,7 +146,7 @@ def test_nf4_double_quant_reloads_within_a_rounding(wide_llama, tmp_path):
 
 
 def test_4bit_without_double_quant_after_inference_saves_wrong_scales_on_avx512bf16(wide_llama, tmp_path):
-    """bitsandbytes 0.50.2 defect (the BACKENDS.md "fp4 reloads with perplexity 2e9"): a layer repacked
+    """bitsandbytes 0.50.2 defect (the docs/backends.md "fp4 reloads with perplexity 2e9"): a layer repacked
     for the AVX512-BF16 CPU kernel is saved with its plain block scales still transposed. The in-memory
     model stays right; the checkpoint does not. Where the CPU lacks AVX512-BF16 the round trip is exact."""
     params = {"bits": 4, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False}

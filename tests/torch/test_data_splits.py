@@ -79,7 +79,7 @@ def test_encoder_tokenizer_calibration(tmp_path):
 
 
 def test_smollm2_reference_perplexity():
-    """The fp32 reference from BACKENDS.md: 14.70 on the first 8 non-overlapping 512-token windows."""
+    """The fp32 reference from docs/backends.md: 14.70 on the first 8 non-overlapping 512-token windows."""
     spec = ModelSpec("smollm2-135m")
     model = loader.load_model(spec, "causal-lm")
     windows = splits.eval_windows(loader.load_tokenizer(spec), DataSpec())

@@ -87,7 +87,7 @@ def smollm2_dir() -> Path:
 def test_smollm2_conversion_matches_shipped_config(smollm2_dir):
     saved = json.loads((smollm2_dir / "config.json").read_text())
     assert saved == catalog_config("smollm2-135m")
-    # Older transformers read only the top-level key (BACKENDS.md: rope_theta trap).
+    # Older transformers read only the top-level key (docs/backends.md: rope_theta trap).
     assert saved["rope_theta"] == saved["rope_parameters"]["rope_theta"] == 100000.0
     assert "quantization_config" not in saved
     tok_cfg = json.loads((smollm2_dir / "tokenizer_config.json").read_text())

@@ -188,7 +188,7 @@ def test_smollm2_perplexity():
         ppl[label] = perplexity(built.model, windows)
         del built
     print("SmolLM2 perplexity on 2 windows:", {k: round(v, 3) for k, v in ppl.items()})
-    assert 12 < ppl["fp32"] < 17  # BACKENDS.md: 14.24 on these 2 windows
+    assert 12 < ppl["fp32"] < 17  # docs/backends.md: 14.24 on these 2 windows
     assert abs(ppl["int8"] / ppl["fp32"] - 1) < 0.01
     assert ppl["int4 g64 sym"] > ppl["int8"] * 1.05
     assert ppl["int4 g64 asym"] > ppl["int8"] * 1.05

@@ -12,7 +12,7 @@ def test_perplexity_within_tolerance_passes_and_records_the_reference():
 
 
 def test_perplexity_off_by_more_than_the_tolerance_is_flagged_with_both_numbers():
-    # The rope_theta trap of BACKENDS.md: 16.30 instead of 14.70.
+    # The rope_theta trap of docs/backends.md: 16.30 instead of 14.70.
     status, error = _reference_check({"perplexity": 16.30}, {"perplexity": 14.704}, 0.005)
     assert status is RunStatus.FLAGGED
     assert "16.3000" in error and "14.7040" in error and "+10.85%" in error and "0.5%" in error
