@@ -44,6 +44,46 @@ def tiny_dir(name: str, progress: Progress | None = None) -> Path:
     return build_once(name, recipe, build, progress=progress)
 
 
+# A random Llama with a 262,144-token vocabulary (Gemma 3's size) and a tied embedding: 168M of its
+# 179M parameters (671 of 716 MB in fp32) are the embedding, so a whole window's logits dwarf the rest
+# of a forward pass. Not in the catalog: benchmarks/memory.py and a slow test pass its directory.
+WIDE_VOCAB = "wide-vocab-262k"
+WIDE_VOCAB_CONFIG = {
+    "vocab_size": 262_144, "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 160, "max_position_embeddings": 2048,
+    "tie_word_embeddings": True, "initializer_range": 0.02, "rms_norm_eps": 1e-6,
+    "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+}
+
+
+def wide_vocab_dir(progress: Progress | None = None) -> Path:
+    """The wide-vocabulary model's directory under `$WORKBENCH_HOME/models` (built once, ~10 s).
+
+    Its tokenizer is tiny-llama's (512 tokens): evaluation text maps onto the first ids of the
+    vocabulary, and every forward pass still computes all 262,144 logits.
+    """
+    recipe = {"recipe": TINY_RECIPE, "seed": SEED, "config": WIDE_VOCAB_CONFIG}
+
+    def build(out: Path) -> None:
+        if progress:
+            progress(None, f"building the random model {WIDE_VOCAB}")
+        build_wide_vocab(out)
+
+    return build_once(WIDE_VOCAB, recipe, build, progress=progress)
+
+
+def build_wide_vocab(out: str | Path) -> None:
+    """Build the wide-vocabulary Llama (random weights, seed 0) with tiny-llama's tokenizer into `out`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(LlamaConfig(**WIDE_VOCAB_CONFIG)).to(torch.float32)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_dir("tiny-llama")).save_pretrained(out)
+    fix_saved_config(out)
+
+
 def build_tiny(name: str, out: str | Path) -> None:
     """Build tiny model `name` with its tokenizer into `out` (deterministic)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -123,4 +163,4 @@ def _check_vocab(size: int, config: dict) -> None:
         raise RuntimeError(f"tiny tokenizer trained to {size} tokens, config says vocab_size={config['vocab_size']}")
 
 
-__all__ = ["TINY_NAMES", "build_tiny", "tiny_dir"]
+__all__ = ["TINY_NAMES", "WIDE_VOCAB", "build_tiny", "build_wide_vocab", "tiny_dir", "wide_vocab_dir"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import packing
-from .quant import Granularity, compute_qparams, qrange, quantize
+from .quant import Granularity, qparams_from_range, qrange
 
 
 class QuantLinear(nn.Module):
@@ -80,16 +80,40 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int, sym: bool, group_size: int) -> "QuantLinear":
-        """Quantize `linear.weight` with round-to-nearest and return the packed layer."""
+        """Quantize `linear.weight` with round-to-nearest and return the packed layer.
+
+        The same codes, scales and zero points as `teach.quant` (`compute_qparams` then
+        `quantize`) computes them, bit for bit, in a few whole-tensor passes: the weight is
+        viewed as ``[out, groups, group_size]`` so that one min/max pass gives every group's
+        range and the scales broadcast over their groups instead of being repeated per column,
+        and the codes are rounded, clamped and offset in place.
+        """
         w = linear.weight.detach()
         out_f, in_f = w.shape
         layer = cls(in_f, out_f, bits, sym, group_size, bias=linear.bias is not None, device=w.device)
-        scale, zp = compute_qparams(
-            w, bits, sym, layer.granularity, group_size if group_size > 0 else None, layer.scale.dtype
-        )
-        q = quantize(w, scale, None if sym else zp, bits, sym)
-        codes = q.to(torch.int16) + layer.code_offset
-        layer.qweight.copy_(packing.pack(codes.to(torch.uint8), bits))
+        qmin, qmax = qrange(bits, sym)
+        wf = w.float()  # no copy for a float32 weight
+        if layer.granularity == "tensor":
+            blocks = wf
+            lo, hi = wf.amin(), wf.amax()
+        else:
+            blocks = wf.view(out_f, in_f // group_size, group_size) if group_size > 0 else wf
+            # amin and amax apart: torch's fused aminmax over a short last dimension is ~8x slower.
+            lo, hi = blocks.amin(dim=-1, keepdim=True), blocks.amax(dim=-1, keepdim=True)
+        if sym:
+            # max |x| of a block is the larger of |min| and |max|: no |x| copy of the weight.
+            hi = torch.maximum(lo.abs(), hi.abs())
+            lo = -hi
+        scale, zp = qparams_from_range(lo, hi, bits, sym, layer.scale.dtype)
+        q = blocks / scale.float()
+        if not sym:
+            q.add_(zp)
+        q.round_().clamp_(qmin, qmax)
+        if layer.code_offset:
+            q.add_(layer.code_offset)  # small integers: exact in float32
+        codes = q.to(torch.uint8)
+        del q
+        layer.qweight = packing.pack(codes, bits, check=False)  # in range: clamped above
         layer.scale.copy_(scale.reshape(layer.scale.shape))
         if not sym:
             layer.zero_point.copy_(zp.reshape(layer.zero_point.shape).to(torch.uint8))

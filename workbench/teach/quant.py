@@ -146,11 +146,12 @@ def qparams_from_range(lo: Array | float, hi: Array | float, bits: int, symmetri
     return scale, zero_point
 
 
-def _expand(p: Array, x: Array) -> Array:
-    """View `p` (a scale or zero point) so that it broadcasts against `x`.
+def _groups(p: Array, x: Array) -> int:
+    """How many groups `p` (a scale or zero point) splits the last dimension of `x` into; 0 when
+    it broadcasts against `x` as it is (per tensor, per channel, or one value per element).
 
-    A last dimension that is a proper divisor of x's last dimension (other than
-    1) means groups: each entry covers ``x.shape[-1] // p.shape[-1]`` columns.
+    A last dimension that is a proper divisor of x's last dimension (other than 1) means groups:
+    each entry covers ``x.shape[-1] // p.shape[-1]`` columns.
     """
     if A.ndim(p) == A.ndim(x) and A.ndim(p) > 0 and p.shape[-1] not in (1, x.shape[-1]):
         n_groups = p.shape[-1]
@@ -158,8 +159,32 @@ def _expand(p: Array, x: Array) -> Array:
             raise ValueError(
                 f"scale with {n_groups} groups does not fit a last dimension of {x.shape[-1]}"
             )
-        return A.repeat_last(p, x.shape[-1] // n_groups)
-    return p
+        return n_groups
+    return 0
+
+
+def _operands(x: Array, params: list[Array | None]) -> tuple[Array, list[Array | None], bool]:
+    """`x` and its scale / zero point (None stays None), shaped to broadcast against each other,
+    and whether `x` was viewed in groups (the caller then reshapes the result back).
+
+    When they split x's last dimension into the same groups, x is viewed as
+    ``[..., n_groups, group_size]`` and each parameter as ``[..., n_groups, 1]``: the group's
+    value reaches its columns by broadcasting, not by a copy repeated per column. Otherwise
+    (one per tensor or channel, or mixed shapes) a grouped parameter is repeated per column.
+    """
+    groups = {_groups(p, x) for p in params if p is not None}
+    if len(groups) == 1:
+        g = groups.pop()
+        if g:
+            grouped = x.reshape(*x.shape[:-1], g, x.shape[-1] // g)
+            return grouped, [None if p is None else p.reshape(*p.shape, 1) for p in params], True
+    return x, [None if p is None else _expand(p, x) for p in params], False
+
+
+def _expand(p: Array, x: Array) -> Array:
+    """`p` repeated per column of its group, so that it broadcasts against `x` as it is."""
+    g = _groups(p, x)
+    return A.repeat_last(p, x.shape[-1] // g) if g else p
 
 
 def quantize(
@@ -175,12 +200,13 @@ def quantize(
     Rounding is half to even (torch.round and numpy.round), like most kernels.
     """
     qmin, qmax = qrange(bits, symmetric)
-    s = _expand(A.as_float32(scale), x)
-    q = A.as_float32(x) / s
-    if zero_point is not None:
-        q = q + _expand(A.as_float32(zero_point), x)
+    zp = None if zero_point is None else A.as_float32(zero_point)
+    xv, (s, z), grouped = _operands(A.as_float32(x), [A.as_float32(scale), zp])
+    q = xv / s
+    if z is not None:
+        q = q + z
     q = A.clip(A.round_half_even(q), qmin, qmax)
-    return A.to_codes(q, signed=symmetric)
+    return A.to_codes(q.reshape(x.shape) if grouped else q, signed=symmetric)
 
 
 def dequantize(
@@ -190,10 +216,13 @@ def dequantize(
     dtype: Any = None,
 ) -> Array:
     """``S * (q - Z)`` as floats (float32 unless `dtype` says otherwise)."""
-    qf = A.as_float32(q)
-    if zero_point is not None:
-        qf = qf - _expand(A.as_float32(zero_point), q)
-    out = qf * _expand(A.as_float32(scale), q)
+    zp = None if zero_point is None else A.as_float32(zero_point)
+    qf, (s, z), grouped = _operands(A.as_float32(q), [A.as_float32(scale), zp])
+    if z is not None:
+        qf = qf - z
+    out = qf * s
+    if grouped:
+        out = out.reshape(q.shape)
     return out if dtype is None else A.cast(out, dtype)
 
 

@@ -145,13 +145,21 @@ class ORTMethod(Method):
     def finish(self, ctx: Any, directory: Path, file_name: str, exported: Any, *, quantize_s: float,
                notes: list[str], what: str, reference_tolerance: float | None = None) -> Built:
         """Load the graph in an ORT session (timed apart), count what it holds, describe the run."""
+        from ...measure import memory
         from . import runtime
 
-        stats = runtime.graph_stats(runtime.read_graph(directory / file_name))
-        # Eligible layers are counted on the fp32 export, the same for every ORT method.
-        eligible = runtime.graph_stats(runtime.read_graph(exported.model_file)).layers
+        # Eligible layers are counted on the fp32 export, the same for every ORT method (once per export).
+        eligible = runtime.export_stats(exported.path).layers
+        if Path(directory) == Path(exported.path) and file_name == runtime.MODEL_FILE:
+            stats = runtime.export_stats(exported.path)
+        else:
+            stats = runtime.graph_stats(runtime.read_graph(directory / file_name))
+        # The graph protos read for counting (and a quantizer's) are gone: their memory goes back
+        # before the session makes its own copy of the weights.
+        memory.release_unused()
         ctx.progress("session", None, "creating the ONNX Runtime session (graph optimizations)")
         model, session_s = runtime.load(ctx.model_info.kind, directory, file_name, ctx.spec.bench.threads)
+        memory.release_unused()
         metrics: dict[str, float] = {"session_s": session_s, "quantize_s": quantize_s, "load_s": 0.0}
         if exported.export_s is not None:
             metrics["export_s"] = exported.export_s

@@ -51,8 +51,7 @@ class ORTInt4(ORTMethod):
     ))
 
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401 - its logging setup, fixed below
 
         from . import runtime
 
@@ -63,6 +62,27 @@ class ORTInt4(ORTMethod):
         nodes, notes = self.exclude_nodes(ctx, p["exclude"], exported.model_file)
         ctx.progress("quantize", None, f"MatMulNBits 4-bit, block {p['block_size']}")
         t0 = time.perf_counter()
+        out, has_head = self._quantize(ctx, p, exported, nodes, notes)
+        quantize_s = time.perf_counter() - t0
+        notes.append(f"MatMulNBitsQuantizer: 4-bit blocks of {p['block_size']}, {'sym' if p['sym'] else 'asym'}, "
+                     f"accuracy_level {p['accuracy_level']}; embedding {'4-bit' if p['embedding'] else 'fp32'}; "
+                     f"lm_head {p['lm_head'] if has_head else 'none (or excluded)'}"
+                     + (f"; {len(nodes)} nodes excluded" if nodes else ""))
+        return self.finish(ctx, out, runtime.MODEL_FILE, exported, quantize_s=quantize_s, notes=notes,
+                           what=f"MatMulNBits 4-bit (block {p['block_size']}, accuracy_level {p['accuracy_level']})")
+
+    @staticmethod
+    def _quantize(ctx: Any, p: Mapping[str, Any], exported: Any, nodes: list[str], notes: list[str]) -> tuple[Any, bool]:
+        """Quantize the fp32 export into the run's workdir; returns (directory, whether lm_head was there).
+
+        Apart from `build` so that the fp32 graph, the quantizer and the quantized graph (three
+        copies of the weights in memory) are gone before the ORT session is created and measured.
+        """
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        from . import runtime
+
         model = onnx.load(str(exported.model_file))
         names = {n.name for n in model.graph.node}
         has_head = LM_HEAD in names and LM_HEAD not in nodes
@@ -82,13 +102,7 @@ class ORTInt4(ORTMethod):
             model = q8.model.model
         out = runtime.new_workdir(ctx, "ort-int4", exported.path)
         onnx.save_model(model, str(out / runtime.MODEL_FILE))
-        quantize_s = time.perf_counter() - t0
-        notes.append(f"MatMulNBitsQuantizer: 4-bit blocks of {p['block_size']}, {'sym' if p['sym'] else 'asym'}, "
-                     f"accuracy_level {p['accuracy_level']}; embedding {'4-bit' if p['embedding'] else 'fp32'}; "
-                     f"lm_head {p['lm_head'] if has_head else 'none (or excluded)'}"
-                     + (f"; {len(nodes)} nodes excluded" if nodes else ""))
-        return self.finish(ctx, out, runtime.MODEL_FILE, exported, quantize_s=quantize_s, notes=notes,
-                           what=f"MatMulNBits 4-bit (block {p['block_size']}, accuracy_level {p['accuracy_level']})")
+        return out, has_head
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import ORT_CLASSES, loadable

@@ -188,6 +188,7 @@ def export(kind: str, source: Path, target: Path, fix_config: bool) -> None:
     onnx_files = sorted(p.name for p in tmp.glob("*.onnx"))
     if onnx_files != [MODEL_FILE]:
         raise RuntimeError(f"expected one {MODEL_FILE} from the export, got {onnx_files}")
+    write_export_stats(tmp)
     (tmp / MANIFEST).write_text(json.dumps({"source": str(source), "versions": library_versions(),
                                             "fix_config": fix_config, "notes": notes}, indent=1))
     shutil.rmtree(target, ignore_errors=True)
@@ -350,6 +351,38 @@ def _tensor_bytes(t: Any) -> int:
     return int(numpy_helper.to_array(t).nbytes)
 
 
+STATS_FILE = "workbench-graph-stats.json"
+
+
+def export_stats(directory: Path) -> GraphStats:
+    """`graph_stats` of the fp32 export in `directory`, counted once and kept beside it.
+
+    Counting needs the whole graph in memory (the weights sit inside model.onnx): reading
+    SmolLM2's export takes 1 GB for a moment, and every ORT run counted its eligible layers that
+    way. The count is made by the export's child process, or by a child process of its own for
+    an export cached before it was kept, so that it never lands in a run's peak memory.
+    """
+    directory = Path(directory)
+    cached = directory / STATS_FILE
+    if not cached.exists():
+        proc = subprocess.run([sys.executable, "-m", __name__, "--stats", str(directory)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.splitlines()[-15:])
+            raise RuntimeError(f"counting the layers of {directory / MODEL_FILE} failed (exit {proc.returncode}):\n{tail}")
+    data = json.loads(cached.read_text())
+    return GraphStats(**{**data, "ops": Counter(data["ops"])})
+
+
+def write_export_stats(directory: Path) -> None:
+    """Count the fp32 export's layers and keep them beside it (atomically: concurrent runs may both count)."""
+    directory = Path(directory)
+    stats = graph_stats(read_graph(directory / MODEL_FILE))
+    tmp = directory / f".{STATS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({**stats.__dict__, "ops": dict(stats.ops)}))
+    os.replace(tmp, directory / STATS_FILE)
+
+
 def read_graph(path: Path, with_weights: bool = True) -> Any:
     import onnx
 
@@ -392,4 +425,7 @@ if __name__ == "__main__":
 
     warnings.simplefilter("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    export(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1")
+    if sys.argv[1] == "--stats":  # python -m workbench.methods.ort.runtime --stats EXPORT_DIR (`export_stats`)
+        write_export_stats(Path(sys.argv[2]))
+    else:
+        export(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1")
