@@ -2,8 +2,10 @@
 
 The worker runs with the interpreter of the method's environment family, in
 its own process group (so a timeout or a cancel kills everything it started),
-with a timeout. Its progress lines drive a callback; a missing result file or
-a non-zero exit becomes a crashed / timeout / oom result with the output tail.
+with a timeout. Its progress lines drive a callback, its measurement lines (one per
+protocol stage) another; a missing result file or a non-zero exit becomes a crashed /
+timeout / oom / cancelled result with the output tail and the measurements the worker
+had reported.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from pathlib import Path
 
 from ..envs import manager as envs
 from ..result import RunResult, RunStatus
-from ..spec import RunSpec
-from .base import Progress
+from ..spec import ModelSpec, RunSpec
+from . import warm
+from .base import Partial, PartialCollector, Progress
+from .warm import WarmProcess
 
 DEFAULT_TIMEOUT_S = 3600.0
 TAIL_LINES = 60
@@ -28,27 +32,87 @@ _OOM_MARKERS = ("MemoryError", "out of memory", "Cannot allocate memory", "std::
 
 
 class SubprocessExecutor:
-    """Runs `python -m workbench.worker` in the method's environment."""
+    """Runs `python -m workbench.worker` in the method's environment.
 
-    def __init__(self, default_timeout_s: float = DEFAULT_TIMEOUT_S):
+    `warm=True`: a run of a backend environment on the CPU is forked from that environment's
+    prepared process (`workbench.exec.warm`), still a fresh process of its own; without one
+    (or with `warm=False`) the worker starts cold.
+    """
+
+    def __init__(self, default_timeout_s: float = DEFAULT_TIMEOUT_S, warm: bool = False):
         self.default_timeout_s = default_timeout_s
+        self.warm = warm
+        self._starting: set[str] = set()  # keys whose worker is being started (a cancel then kills it at once)
         self._procs: dict[str, subprocess.Popen] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+
+    def prepare(self, env: str, model: ModelSpec | None = None) -> str | None:
+        """Start `env`'s prepared process now (warmed up with `model`) rather than at its first
+        run; its state, or None when runs of `env` start cold here."""
+        if not (self.warm and warm.warm_eligible(env, "cpu")):
+            return None
+        child_env = dict(os.environ)
+        # The environment a run gets (run() below), less its TMPDIR: the prepared process is
+        # reused only by runs whose environment matches.
+        child_env["PYTHONPATH"] = envs.worker_pythonpath()
+        child_env["PYTHONUNBUFFERED"] = "1"
+        child_env.pop("PYTHONHOME", None)
+        return warm.shared_pool().prepare(env, envs.python_for(env), child_env, _model_dict(model))
+
+    def _start(self, python: str, env: str, spec: RunSpec, argv: list[str],
+               child_env: dict[str, str]) -> "subprocess.Popen | WarmProcess":
+        """The worker process of one run, in a session of its own: forked from the family's
+        prepared process when warm starts are on and it can serve, else started cold. Either
+        way it has pid, stdout (text), wait(timeout), poll() and returncode."""
+        if self.warm and warm.warm_eligible(env, spec.device):
+            with self._lock:
+                self._starting.add(spec.key)
+            try:
+                proc = warm.shared_pool().spawn(env, python, argv, child_env, model=_model_dict(spec.model),
+                                                abort=lambda: spec.key in self._cancelled)
+                if proc is None:
+                    proc = self._start_cold(python, argv, child_env)
+                with self._lock:
+                    cancelled = spec.key in self._cancelled
+                if cancelled:
+                    _kill_group(proc)
+                return proc
+            finally:
+                with self._lock:
+                    self._starting.discard(spec.key)
+        return self._start_cold(python, argv, child_env)
+
+    @staticmethod
+    def _start_cold(python: str, argv: list[str], child_env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [python, "-m", "workbench.worker", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=child_env,
+            start_new_session=True,
+        )
 
     def cancel(self, key: str) -> bool:
         """Kill the worker running spec `key` (and its children). True if one was running."""
         with self._lock:
             proc = self._procs.get(key)
             if proc is None:
+                if key in self._starting:  # waiting for a prepared process: killed as soon as it exists
+                    self._cancelled.add(key)
+                    return True
                 return False
             self._cancelled.add(key)
         _kill_group(proc)
         return True
 
     def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None,
-            analysis: str | None = None) -> RunResult:
-        """Run `spec` in a worker; `analysis` names a worker analysis (e.g. "sensitivity") instead of a run."""
+            analysis: str | None = None, partial: Partial | None = None) -> RunResult:
+        """Run `spec` in a worker; `analysis` names a worker analysis (e.g. "sensitivity") instead of a run.
+        `partial` gets each protocol stage's measurements as the worker reports them."""
         python = envs.python_for(env)
         timeout = spec.timeout_s or self.default_timeout_s
         with tempfile.TemporaryDirectory(prefix="wb-exec-") as tmp:
@@ -65,21 +129,13 @@ class SubprocessExecutor:
             scratch.mkdir()
             child_env["TMPDIR"] = str(scratch)
             started = time.time()
-            proc = subprocess.Popen(
-                [python, "-m", "workbench.worker", str(req), str(out)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                errors="replace",
-                env=child_env,
-                start_new_session=True,
-            )
+            proc = self._start(python, env, spec, [str(req), str(out)], child_env)
             with self._lock:
                 self._procs[spec.key] = proc
             tail: deque[str] = deque(maxlen=TAIL_LINES)
             last: dict = {}
-            reader = threading.Thread(target=_read, args=(proc, tail, progress, last), daemon=True)
+            collector = PartialCollector(spec, partial)
+            reader = threading.Thread(target=_read, args=(proc, tail, progress, last, collector), daemon=True)
             reader.start()
             timed_out = False
             try:
@@ -98,23 +154,29 @@ class SubprocessExecutor:
                     self._cancelled.discard(spec.key)
             text_tail = "\n".join(tail)
             duration = time.time() - started
+            # A run that ends without a result of its own keeps what the worker had measured.
             if cancelled:
-                return _failure(spec, RunStatus.CANCELLED, "cancelled by the user" + _how_far(last),
-                                text_tail, started, duration)
+                return collector.keep(_failure(spec, RunStatus.CANCELLED, "cancelled by the user" + _how_far(last),
+                                               text_tail, started, duration))
             if timed_out:
-                return _failure(spec, RunStatus.TIMEOUT,
-                                f"the worker did not finish within {timeout:g} s and was killed" + _how_far(last),
-                                text_tail, started, duration)
+                return collector.keep(_failure(
+                    spec, RunStatus.TIMEOUT,
+                    f"the worker did not finish within {timeout:g} s and was killed" + _how_far(last),
+                    text_tail, started, duration))
             if out.exists() and proc.returncode == 0:
                 result = RunResult.from_json(out.read_text())
                 if not result.ok:
                     result.stderr_tail = text_tail
                 return result
-            return _failure(spec, *_classify(proc.returncode, text_tail), text_tail, started, duration)
+            return collector.keep(_failure(spec, *_classify(proc.returncode, text_tail), text_tail, started,
+                                           duration))
 
 
-def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None, last: dict) -> None:
-    from ..worker import PROGRESS_PREFIX
+def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None, last: dict,
+          collector: PartialCollector | None = None) -> None:
+    """Turn the worker's output into progress calls (`last` keeps the latest event, for `_how_far`),
+    measurements (to `collector`, in the order reported) and the tail of everything else."""
+    from ..measure.context import PROGRESS_PREFIX
 
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -128,6 +190,10 @@ def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None, l
                 tail.append(before)
             try:
                 ev = json.loads(line[at + len(PROGRESS_PREFIX):])
+                if "partial" in ev:
+                    if collector is not None:
+                        collector.add_event(ev)
+                    continue
                 last.clear()
                 last.update(ev)
                 if progress is not None:
@@ -172,3 +238,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _model_dict(model: ModelSpec | None) -> dict | None:
+    """The model a prepared process warms up with (a ModelSpec as a dict), or None."""
+    if model is None:
+        return None
+    return {"id": model.id, "revision": model.revision, "trust_remote_code": model.trust_remote_code,
+            "use_safetensors": model.use_safetensors}
