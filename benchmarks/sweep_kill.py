@@ -79,8 +79,8 @@ def trial(n: int, sweep_file: Path, store: Path, scratch: Path, at: str, target:
     killed = "nothing (the sweep had ended)"
     if proc.poll() is None:
         if who == "worker":
-            wait_until(lambda: bool(workers_under(tmp)), 60, proc)
-            pids = workers_under(tmp)
+            wait_until(lambda: bool(workers_under(tmp, prepared=False)), 60, proc)
+            pids = workers_under(tmp, prepared=False)  # a run, not the prepared process it was forked from
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed = "a worker"

@@ -1,11 +1,12 @@
 """`workbench`: the command line, the contract other tools rely on.
 
-    workbench run --model M --method X [--param k=v ...] [--store PATH] [--json]
-    workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--report FILE]
-    workbench sweep FILE.toml [--dry-run] [--retry-failed] [--report FILE] [--executor dask [--scheduler ADDR]]
+    workbench run --model M --method X [--param k=v ...] [--protocol quick|standard|full] [--store PATH] [--json]
+    workbench compare [--model M] [--methods NAME[:k=v,...] ...] [--protocol NAME] [--report FILE]
+    workbench sweep FILE.toml [--dry-run] [--retry-failed] [--protocol NAME] [--report FILE]
+                    [--executor dask [--scheduler ADDR]]
     workbench sensitivity --model M --method rtn [--param k=v ...] [--top N] [--heatmap FILE.html]
-    workbench recommend --model M [--max-ppl-increase 5%] [--max-bytes 120MB] [--min-decode-tok-s X]
-    workbench results [--store PATH] [--format table|csv|json]
+    workbench recommend --model M [--max-ppl-increase 5%] [--max-bytes 120MB] [--min-decode-tok-s X] [--protocol NAME]
+    workbench results [--store PATH] [--format table|csv|json] [--protocol NAME]
     workbench report [--store PATH] --out FILE.html
     workbench methods [--json]     workbench models [--json] [--prepare [NAME ...]]
     workbench env list [--json]    workbench env create NAME
@@ -108,8 +109,23 @@ def _session(args: argparse.Namespace) -> Any:
 
     if getattr(args, "scheduler", None) and getattr(args, "executor", None) != "dask":
         raise InvalidSpec("--scheduler: only with --executor dask")
-    executor = get_executor(getattr(args, "executor", "subprocess"), getattr(args, "scheduler", None))
+    name = getattr(args, "executor", "subprocess")
+    cold = getattr(args, "cold", False)
+    if cold and name != "subprocess":
+        # Accepted, not refused: a script may pass --cold whatever the executor, and it holds there.
+        where = ("Dask workers always start the worker cold (a fresh `python -m workbench.worker` per run)"
+                 if name == "dask" else "the inline executor runs in this process, with no worker to start")
+        print(f"note: --cold: {where}; warm starts are the subprocess executor's", file=sys.stderr)
+    executor = get_executor(name, getattr(args, "scheduler", None), warm=not cold)
     return Session(store=args.store, executor=executor, progress=not getattr(args, "quiet", False))
+
+
+def _protocol(args: argparse.Namespace) -> str | None:
+    """The --protocol name, checked before anything runs (exit 2 listing the names)."""
+    from . import protocols
+
+    name = getattr(args, "protocol", None)
+    return None if name is None else protocols.get(name).name
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,6 +137,7 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        "protocol": _protocol(args),
         "data": _data_options(args) or None,
         "bench": _fields_from_pairs(BenchSpec, args.bench or [], "bench") or None,
         "device": args.device,
@@ -150,16 +167,46 @@ def _print_result(result: RunResult, as_json: bool) -> None:
         m = result.metrics
         cached = " (cached)" if result.cached else ""
         print(f"{result.status.value}{cached}: {result.model} {result.method} {json.dumps(result.params)}")
-        for name in ("weights_bytes", "disk_bytes", "peak_rss_bytes", "perplexity", "kl_div", "top1_agreement",
-                     "next_token_accuracy", "generated_token_agreement", "image_psnr_db", "image_rmse",
-                     "embedding_cosine", "forward_ms", "prefill_tok_s", "decode_tok_s", "generate_tok_s", "image_s"):
+        for name in _PRINTED_METRICS:
             if m.get(name) is not None:
                 print(f"  {name:>16}: {_fmt(name, m[name])}")
         print(f"  {'layers':>16}: {result.layers_quantized}/{result.layers_eligible} quantized; kernel: {result.kernel}")
     else:
         print(f"{result.status.value}: {result.error}", file=sys.stderr)
+        # A run that ended early keeps what it had measured (stored with its status, never as ok).
+        kept = [name for name in _PRINTED_METRICS if result.metrics.get(name) is not None]
+        if kept:
+            print("measured before it ended: " + ", ".join(f"{n} {_fmt(n, result.metrics[n])}" for n in kept),
+                  file=sys.stderr)
         if result.stderr_tail:
             print("--- worker output (tail) ---\n" + result.stderr_tail, file=sys.stderr)
+
+
+_PRINTED_METRICS = ("weights_bytes", "disk_bytes", "peak_rss_bytes", "perplexity", "kl_div", "top1_agreement",
+                    "next_token_accuracy", "generated_token_agreement", "image_psnr_db", "image_rmse",
+                    "embedding_cosine", "forward_ms", "prefill_tok_s", "decode_tok_s", "generate_tok_s", "image_s")
+# What `workbench run` prints as soon as the accuracy stage has measured it.
+_ACCURACY_METRICS = ("perplexity", "kl_div", "top1_agreement", "embedding_cosine", "embedding_cosine_min",
+                     "image_psnr_db", "image_rmse", "generated_token_agreement")
+
+
+def accuracy_line(result: RunResult) -> str | None:
+    """"accuracy: perplexity 23.41, kl_div 0.01234, ..." from a run's measurements so far (None without any)."""
+    shown = [f"{n} {_fmt(n, result.metrics[n])}" for n in _ACCURACY_METRICS if result.metrics.get(n) is not None]
+    return f"accuracy: {', '.join(shown)}" if shown else None
+
+
+def _print_accuracy_early(update: Any) -> None:
+    """`Session.submit`'s on_partial for `workbench run`: the accuracy line the moment it is measured,
+    above the progress bar (tqdm.write), while latency and the rest are still being measured."""
+    if update.stage != "accuracy":
+        return
+    line = accuracy_line(update.result)
+    if line is None:
+        return
+    from tqdm import tqdm
+
+    tqdm.write(f"{line}  (latency and the rest follow)")
 
 
 def _fmt(name: str, v: Any) -> str:
@@ -179,7 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     session = _session(args)
     params = registry.get(args.method).cls.schema.parse_cli(args.param or [])
     spec = session.make_spec(args.model, args.method, params, **_spec_options(args))
-    result = session.submit(spec, force=args.force)
+    # --json keeps stdout one JSON document: nothing printed before it.
+    result = session.submit(spec, force=args.force, on_partial=None if args.json else _print_accuracy_early)
     _print_result(result, args.json)
     return exit_code(result)
 
@@ -228,7 +276,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .report import write_report
 
     session = _session(args)
-    the_sweep = sweep.load_sweep(args.file)
+    the_sweep = sweep.load_sweep(args.file, protocol=_protocol(args))
     the_plan = sweep.plan(session, the_sweep, retry_failed=args.retry_failed)
     for spec, problems in the_plan.invalid:
         print(f"{spec.model.id} {spec.label}:\n  " + "\n  ".join(problems), file=sys.stderr)
@@ -299,9 +347,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     budget = Budget(max_ppl_increase=parse_fraction(args.max_ppl_increase) if args.max_ppl_increase else None,
                     max_bytes=parse_bytes(args.max_bytes) if args.max_bytes else None,
                     min_decode_tok_s=args.min_decode_tok_s)
+    protocol = _protocol(args)
     session = _session(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None else None
-    rec = recommend(session, args.model, budget, max_runs=args.max_runs, methods=methods)
+    rec = recommend(session, args.model, budget, max_runs=args.max_runs, methods=methods, protocol=protocol)
     results = [rec.baseline] + [s.result for s in rec.steps]
     print()
     _print_front(results)
@@ -319,7 +368,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
           f"{mb(r.metrics['weights_bytes'])} MB, perplexity {r.metrics['perplexity']:.3f} against "
           f"{rec.baseline.metrics['perplexity']:.3f} in fp32 ({r.metrics['perplexity'] / rec.baseline.metrics['perplexity'] - 1:+.1%})")
     print(f"reproduce with the workbench: workbench run --model {args.model} --method {r.method} "
-          + " ".join(f"--param {k}={_cli_value(v)}" for k, v in r.params.items()))
+          + " ".join(f"--param {k}={_cli_value(v)}" for k, v in r.params.items())
+          + (f" --protocol {rec.protocol}" if rec.protocol != "custom" else ""))
     eight = rec.best_int8
     if eight is not None and eight is not rec.best:
         e = eight.result.metrics["weights_bytes"]
@@ -346,7 +396,8 @@ def _cli_value(v: Any) -> str:
 def _print_front(results: list[RunResult]) -> None:
     """The configurations no other one beats on both weight bytes and accuracy, per model (no line over 120
     characters; the ratios against each model's fp32 baseline, which need not be on the front)."""
-    from .plots import SUCCEEDED, compact_text, pareto_front, pick_accuracy, results_frame, terminal_text
+    from .plots import (SUCCEEDED, comparison_groups, compact_text, pareto_front, pick_accuracy, results_frame,
+                        terminal_text)
 
     df = results_frame(results)
     ok = df[df["status"].astype(str).isin(SUCCEEDED)]
@@ -356,7 +407,8 @@ def _print_front(results: list[RunResult]) -> None:
     import pandas as pd
 
     on_front = pd.Series(False, index=df.index)
-    for _, g in ok.groupby("model", sort=False):
+    # One front per model, and per protocol when a model's runs span several: never across protocols.
+    for _, g in ok.groupby(comparison_groups(ok), sort=False):
         on_front.loc[g.index] = pareto_front(g, "weights_bytes", accuracy, minimize_y=minimize)
     # Models in the order they came, each one's front from the smallest weights up.
     rank = {m: i for i, m in enumerate(dict.fromkeys(df["model"].astype(str)))}
@@ -407,6 +459,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise InvalidSpec(f"store: {path} does not exist (run something first, or pass --store PATH)")
     store = ResultStore(path)
     results = store.results(latest_only=not args.all)
+    if args.protocol is not None:
+        from . import protocols
+
+        wanted = args.protocol.strip().lower()
+        if wanted != protocols.CUSTOM:
+            wanted = protocols.get(wanted).name
+        results = [r for r in results if r.to_row()["protocol"] == wanted]
     if args.format in ("json", "csv"):
         from .baselines import COLUMNS, against_baseline
         from .plots import results_frame
@@ -416,7 +475,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             frame.to_csv(sys.stdout, index=False)
             return EXIT_OK
         # Each result as `RunResult.to_dict()`, plus what it is compared on and with (NaN as null).
-        extra = frame[["data_key", "bench_key", *COLUMNS]].astype(object)
+        extra = frame[["protocol", "data_key", "bench_key", *COLUMNS]].astype(object)
         rows = []
         for r, (_, e) in zip(results, extra.iterrows()):
             d = r.to_dict()
@@ -425,6 +484,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
     elif results:
         _print_table(results, wide=getattr(args, "wide", False))
+    elif args.protocol is not None:
+        print(f"no results measured with the {args.protocol.strip().lower()} protocol")
     else:
         print("no results yet")
     return EXIT_OK
@@ -594,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="with --executor dask: the scheduler (tcp://host:8786); default $WORKBENCH_DASK_SCHEDULER, "
                              "else a LocalCluster of 2 worker processes here")
+        sp.add_argument("--cold", action="store_true",
+                        help="start every worker cold (a fresh interpreter per run) instead of forking it from the "
+                             "environment's prepared process; with --executor dask runs are cold anyway")
 
     def model_data_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
         sp.add_argument("--model", default=model_default, required=model_default is None,
@@ -609,8 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "can run code; the result says it was allowed)")
         sp.add_argument("--force", action="store_true", help="run even if the store has a result for this spec")
 
+    def protocol_arg(sp: argparse.ArgumentParser, default: str, what: str) -> None:
+        from . import protocols
+
+        # Not argparse choices: the name is checked where the API checks it, with the same message.
+        sp.add_argument("--protocol", default=None, metavar="NAME",
+                        help=f"the measurement protocol, one of {', '.join(protocols.names())} (default: {default}); "
+                             f"{what}. " + protocols.help_text().replace("%", "%%"))
+
     def spec_args(sp: argparse.ArgumentParser, model_default: str | None) -> None:
         model_data_args(sp, model_default)
+        protocol_arg(sp, "standard", "--bench / --data-field change single fields on top of it")
         sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
         sp.add_argument("--bench", action="append", metavar="K=V", help="BenchSpec field, e.g. repeats=5 batch_sizes=1,4")
         executor_args(sp)
@@ -637,6 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--store", default=None, help=STORE_HELP)
     sw.add_argument("--dry-run", action="store_true", help="validate and list what would run; run nothing")
     sw.add_argument("--retry-failed", action="store_true", help="run again configurations whose stored run failed")
+    protocol_arg(sw, "the file's `protocol` key, else standard", "replaces the file's protocol; its [data] and "
+                                                                 "[bench] tables still apply on top")
     sw.add_argument("--report", default=None, metavar="FILE.html", help="also write an HTML report of the sweep")
     executor_args(sw)
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -662,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--max-bytes", default=None, metavar="SIZE", help="weight bytes, e.g. 120MB")
     rc.add_argument("--min-decode-tok-s", type=float, default=None, metavar="X", help="decode tokens/s at batch 1")
     rc.add_argument("--max-runs", type=int, default=40, help="stop after this many runs")
+    protocol_arg(rc, "quick", "every run of the search, the fp32 baseline too, without latency unless "
+                              "--min-decode-tok-s, and without saving")
     rc.add_argument("--methods", default=None, metavar="A,B", help="only these backends (what you can deploy), e.g. "
                                                                   "ov-weight,gptq; default: every one the ladder has")
     executor_args(rc)
@@ -672,6 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--store", default=None, help=STORE_HELP)
     res.add_argument("--format", choices=("table", "csv", "json"), default="table")
     res.add_argument("--all", action="store_true", help="every stored row, not only the latest per spec")
+    res.add_argument("--protocol", default=None, metavar="NAME",
+                     help="only runs measured with this protocol: quick, standard, full or custom")
     res.add_argument("--wide", action="store_true", help="with --format table: every column (disk, peak RSS, "
                                                         "layers, kernel) and full labels, in one wide table")
     res.set_defaults(func=cmd_results)

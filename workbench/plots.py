@@ -126,8 +126,9 @@ def _run_names(results: Sequence[RunResult]) -> list[str]:
 def _table_runs(results: Iterable[RunResult], table: str,
                 required: Sequence[str]) -> tuple[list[tuple[str, pd.DataFrame]], int]:
     """(name, table frame) for each successful run whose `tables[table]` has rows with the `required` columns;
-    and the count of successful runs (to tell "nothing ran" from "nothing measured")."""
-    ok = [r for r in results if r.ok]
+    and the count of successful runs (to tell "nothing ran" from "nothing measured"). Runs in progress
+    (status `running`) count too when the caller passes them: the app fills its plots as tables arrive."""
+    ok = [r for r in results if r.ok or r.status is RunStatus.RUNNING]
     out = []
     for name, r in zip(_run_names(ok), ok):
         rows = (r.tables or {}).get(table) or []
@@ -148,6 +149,22 @@ def _discrete_x(fig: go.Figure, runs: list[tuple[str, pd.DataFrame]], column: st
 
 def _no_table_figure(n_ok: int, what: str, title: str) -> go.Figure:
     return _empty_figure(NO_RUNS if n_ok == 0 else f"no {what} measured in the successful runs", title)
+
+
+# --- comparison groups ----------------------------------------------------------
+def comparison_groups(df: pd.DataFrame) -> pd.Series:
+    """What may be compared within one table section or one Pareto front: the model, and its
+    protocol when that model's rows span several ("smollm2-135m (quick)"). Runs measured by
+    different protocols (`workbench.protocols`: other evaluation tokens, sizes, repeats) never
+    share a front. Same index as `df`; a frame without a protocol column groups by model alone."""
+    if df is None or len(df) == 0:
+        return pd.Series(dtype=object)
+    model = df["model"].astype(str) if "model" in df.columns else pd.Series("", index=df.index)
+    if "protocol" not in df.columns:
+        return model
+    protocol = pd.Series([_str(p) for p in df["protocol"]], index=df.index)
+    several = protocol.groupby(model).transform("nunique") > 1
+    return model.where(~several, model + " (" + protocol + ")")
 
 
 # --- Pareto front ---------------------------------------------------------------
@@ -191,8 +208,13 @@ def pick_accuracy(df: pd.DataFrame) -> tuple[str | None, bool]:
 
 
 def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", memory: str = "weights_bytes",
-                       minimize_accuracy: bool | None = None) -> go.Figure:
+                       minimize_accuracy: bool | None = None, include_partial: bool = False) -> go.Figure:
     """Scatter of accuracy against memory, one point per successful run, with the Pareto front per model.
+
+    `include_partial=True` also draws the runs that did not succeed but measured both values (a
+    run in progress, status `running`, or one cancelled, killed or timed out after its accuracy
+    stage): hollow markers, their status after the label on hover. They never join a Pareto
+    front: nothing says they would have finished valid (a reload check can still fail).
 
     `accuracy=None` picks the column from the data (`pick_accuracy`): perplexity
     for causal LMs, embedding cosine (maximized) for encoders. Whether smaller is
@@ -204,8 +226,10 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
     else on hover (full label, params, layers, kernel, weights, the metric and its change);
     the front of each model as a dashed line; the fp32 baseline a star with a dotted
     horizontal line at its value. With several models, each has its own marker symbol and
-    front. For perplexity, two buttons in the figure switch the y axis between perplexity
-    and its change against the baseline in % (`workbench.baselines`); they are plotly
+    front; so has each protocol of a model whose runs span several (`comparison_groups`): no
+    front is drawn across runs measured differently. For perplexity, two buttons in the figure
+    switch the y axis between perplexity and its change against the baseline in %
+    (`workbench.baselines`); they are plotly
     `updatemenus`, so they work alike in the app and in a static HTML report.
 
     A run far worse than the others (a broken one: perplexity 157 next to 15-20) is drawn
@@ -218,10 +242,13 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
     """
     title = "Accuracy vs memory"
     ok = _succeeded(df)
-    if len(ok) == 0:
+    shown = df if include_partial and df is not None and "status" in df.columns else ok
+    if len(shown) == 0:
         return _empty_figure(NO_RUNS, title)
     if accuracy is None:
         accuracy, minimize = pick_accuracy(ok)
+        if accuracy is None and include_partial:  # only partial runs so far: the columns they have
+            accuracy, minimize = pick_accuracy(shown.assign(status=RunStatus.OK.value))
         if accuracy is None:
             return _empty_figure("no accuracy measured in the successful runs", title)
     else:
@@ -229,7 +256,7 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
     if minimize_accuracy is not None:
         minimize = minimize_accuracy
     scale = MB if memory.endswith("_bytes") else 1
-    ok = _with_baselines(df).loc[ok.index]
+    ok = _with_baselines(df).loc[shown.index]
     points = ok.assign(_x=_numeric(ok, memory) / scale, _y=_numeric(ok, accuracy))
     points = points[points["_x"].notna() & points["_y"].notna()]
     if len(points) == 0:
@@ -239,14 +266,17 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
     modes: dict[str, pd.Series] = {"metric": points["_y"]}
     if change_col and _numeric(points, change_col).notna().any():
         modes["change"] = _numeric(points, change_col) * 100
-    models = list(dict.fromkeys(points["model"].astype(str)))
-    model_of = points["model"].astype(str)
+    # "Models" below are comparison groups: a model, split by protocol when it spans several.
+    model_of = comparison_groups(points).astype(str)
+    models = list(dict.fromkeys(model_of))
     off = pd.Series(False, index=points.index)
     front = pd.Series(False, index=points.index)
+    partial = ~points["status"].astype(str).isin(SUCCEEDED)
     for model in models:
         sub = points[model_of == model]
         off.loc[sub.index] = _off_scale(sub["_y"], minimize)
-        front.loc[sub.index] = pareto_front(sub, "_x", "_y", minimize_x=True, minimize_y=minimize)
+        done = sub[~partial.loc[sub.index]]
+        front.loc[done.index] = pareto_front(done, "_x", "_y", minimize_x=True, minimize_y=minimize)
     none = [None] * len(points)
     is_base = pd.Series([_str(k) != "" and _str(k) == _str(b) for k, b in
                          zip(points.get("key", none), points.get("baseline_key", none))], index=points.index)
@@ -287,7 +317,8 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
         for b in list(dict.fromkeys(backend[model_of == model])):
             idx = points.index[(model_of == model) & (backend == b)]
             sub = points.loc[idx]
-            custom = [[_esc(r["label"]), _esc(params_text(r["params"])), layers_text(r["layers_quantized"],
+            custom = [[_esc(_str(r["label"]) + (f" ({r['status']})" if partial[i] else "")),
+                       _esc(params_text(r["params"])), layers_text(r["layers_quantized"],
                                                                                      r["layers_eligible"]),
                        _esc(r["kernel"]), f"{r['_x']:.1f}", fmt("metric", r["_y"]),
                        fmt("change", modes["change"][i]) if "change" in modes else "", _esc(model), _esc(b)]
@@ -296,8 +327,8 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
                 x=sub["_x"].tolist(), mode="markers+text", name=_esc(b), legendgroup=f"backend:{b}",
                 showlegend=b not in seen_backends, textposition="top center", customdata=custom, cliponaxis=False,
                 marker={"color": backend_color(b), "size": [15 if is_base[i] else 11 for i in idx],
-                        "symbol": ["star" if is_base[i] else "triangle-up" if off[i] else symbols[mi % len(symbols)]
-                                   for i in idx],
+                        "symbol": [("star" if is_base[i] else "triangle-up" if off[i] else symbols[mi % len(symbols)])
+                                   + ("-open" if partial[i] else "") for i in idx],
                         "line": {"color": "#1f2933", "width": [1.5 if front[i] else 0 for i in idx]}},
                 hovertemplate=("<b>%{customdata[0]}</b><br>model: %{customdata[7]}<br>backend: %{customdata[8]}<br>"
                                + _esc(AXIS_TITLES.get(memory, memory)) + ": %{customdata[4]}<br>"
@@ -585,7 +616,7 @@ def generation_table(results: Iterable[RunResult]) -> pd.DataFrame:
     return out[["Run"] + [c for c in out.columns if c != "Run"]]
 
 
-SUMMARY_COLUMNS = ("label", "model", "status", "weights (MB)", "disk (MB)", "peak RSS (MB)", "perplexity",
+SUMMARY_COLUMNS = ("label", "model", "protocol", "status", "weights (MB)", "disk (MB)", "peak RSS (MB)", "perplexity",
                    "Δ perplexity (%)", "KL", "top-1 (%)", "cosine", "PSNR (dB)", "decode tok/s", "× baseline",
                    "image s", "layers", "kernel")
 # The default table (CLI, `compact_table`): what people compare, columns empty for every row dropped.
@@ -599,7 +630,9 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     Sizes in MB (2**20 bytes), top-1 agreement in percent, layers as
     "quantized/eligible". Numbers are rounded but stay numbers, so the frame sorts.
     "Δ perplexity (%)" and "× baseline" (decode speed as a multiple of the baseline's) compare
-    each run with its fp32 baseline (`workbench.baselines`); blank when it has none.
+    each run with its fp32 baseline (`workbench.baselines`); blank when it has none. "protocol" is
+    the measurement protocol the run's settings match (`workbench.protocols`): runs of different
+    protocols are not measured the same way.
     """
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
@@ -611,6 +644,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "label": df.get("label", pd.Series("", index=df.index)).astype(str),
         "model": df.get("model", pd.Series("", index=df.index)).astype(str),
+        "protocol": [_str(p) for p in df.get("protocol", [None] * len(df))],
         "status": df.get("status", pd.Series("", index=df.index)).astype(str),
         "weights (MB)": num("weights_bytes", MB, 1),
         "disk (MB)": num("disk_bytes", MB, 1),
@@ -761,7 +795,8 @@ def _join_kept(words: list[str], kept: set[int]) -> str:
 
 def compact_text(df: pd.DataFrame, max_width: int = 120, candidates: pd.DataFrame | None = None,
                  rows: pd.Series | None = None) -> str:
-    """The default terminal view of runs: one section per model, each a header line naming the
+    """The default terminal view of runs: one section per model (per model and protocol when a
+    model's runs span several protocols: `comparison_groups`), each a header line naming the
     model and its fp32 baseline (or saying that none is stored) over `text_table(compact_table(...))`,
     no line longer than `max_width` (labels are shortened; `--wide`, JSON and CSV keep them whole).
 
@@ -777,9 +812,10 @@ def compact_text(df: pd.DataFrame, max_width: int = 120, candidates: pd.DataFram
     pool = full if candidates is None or len(candidates) == 0 else pd.concat([candidates, full], ignore_index=True)
     shown = full if rows is None else full[rows.reindex(full.index, fill_value=False).astype(bool)]
     sections = []
-    for model in dict.fromkeys(shown["model"].astype(str)):
-        sub = shown[shown["model"].astype(str) == model]
-        header = _section_header(model, sub, pool, max_width)
+    groups = comparison_groups(full).reindex(shown.index).astype(str)
+    for group in dict.fromkeys(groups):
+        sub = shown[groups == group]
+        header = _section_header(group, sub, pool, max_width)
         sections.append(header + "\n" + text_table(compact_table(sub), max_width=max_width))
     return "\n\n".join(sections)
 
@@ -872,7 +908,8 @@ def params_text(params: str | Mapping[str, Any]) -> str:
 
 __all__ = [
     "ACCURACY_MINIMIZE", "BACKEND_COLORS", "COMPACT_COLUMNS", "METRIC_NAMES", "MB", "NO_RUNS", "SUMMARY_COLUMNS",
-    "accuracy_vs_memory", "backend_color", "backend_of", "compact_table", "compact_text", "generation_table",
+    "accuracy_vs_memory", "backend_color", "backend_of", "compact_table", "compact_text", "comparison_groups",
+    "generation_table",
     "shorten_labels", "terminal_text", "text_table",
     "latency_per_batch", "memory_per_batch", "layers_text", "pareto_front", "params_text", "pick_accuracy", "results_frame",
     "sensitivity_heatmap",

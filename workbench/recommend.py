@@ -18,14 +18,20 @@ another budget reuses them.
 
 Among the configurations that meet every constraint, the recommendation is the one with the
 fewest weight bytes (the lowest perplexity when the only constraint is `max_bytes`).
+
+Every run, the fp32 baseline included, is measured with one protocol (`workbench.protocols`,
+`quick` by default), with latency turned off unless a speed budget asks for it and nothing saved:
+the budget is relative to a baseline measured the same way, and the runs are labelled with the
+protocol in every table.
 """
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from . import protocols
 from .errors import InvalidParams, ParamError, RunFailed, WorkbenchError
 from .result import RunResult
 from .spec import BenchSpec, DataSpec
@@ -35,11 +41,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .session import Session
 
-# The light protocol: budgets are relative to the fp32 baseline measured the same way.
-DATA = DataSpec(eval_windows=4, window=256)
-BENCH = BenchSpec(latency=False, save=False, reload_check=False)
-SPEED_BENCH = BenchSpec(batch_sizes=(1,), prompt_lengths=(32,), decode_tokens=16, generate_batch_sizes=(1,),
-                        repeats=2, save=False, reload_check=False)
+# The search's protocol unless asked otherwise: budgets are relative to the fp32 baseline measured the same way.
+PROTOCOL = "quick"
+
+
+def search_specs(protocol: str | None = None, speed: bool = False) -> tuple[DataSpec, BenchSpec]:
+    """The data and bench settings of the search's runs: the protocol's (None: `PROTOCOL`), with latency
+    only for a speed budget, and no saved artifact (so no reload check): a search compares many
+    configurations, the one it recommends is reproduced with `workbench run`."""
+    data, bench = protocols.specs(protocol or PROTOCOL)
+    return data, replace(bench, latency=speed, save=False, reload_check=False)
+
+
 # A width whose best data-free run misses the perplexity budget by less than this many times the
 # allowed increase is worth mixed precision and data-aware methods; a wider miss is not.
 NEAR_MISS = 3.0
@@ -176,6 +189,7 @@ class Recommendation:
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # unavailable or invalid here, with the reason
     stopped: str = ""
+    protocol: str = PROTOCOL  # the measurement protocol of every run of the search
 
     @property
     def runs(self) -> int:
@@ -230,14 +244,17 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}[unit])
 
 
-def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec = DATA,
+def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec | None = None,
               max_runs: int = 40, methods: Sequence[str] | None = None, log: Callable[[str], None] = print,
-              stop: "threading.Event | None" = None) -> Recommendation:
+              stop: "threading.Event | None" = None, protocol: str | None = None) -> Recommendation:
     """Search the ladder for `model` under `budget` (see the module docstring).
 
-    `methods` keeps only those backends' configurations (what you can deploy: `["ov-weight"]`);
-    `log` gets one line per run; setting `stop` (the app's Stop button) ends the search before
-    its next run, with what it found so far."""
+    `protocol`: how every run is measured (`quick` by default; `workbench.protocols`), an unknown
+    name raises `UnknownProtocol` before any run; `data`: a complete `DataSpec` in place of the
+    protocol's. `methods` keeps only those backends' configurations (what you can deploy:
+    `["ov-weight"]`); `log` gets one line per run; setting `stop` (the app's Stop button) ends the
+    search before its next run, with what it found so far."""
+    protocol = protocols.get(protocol or PROTOCOL).name
     errors = []
     if max_runs < 1:
         errors.append(ParamError("max_runs", f"got {max_runs!r}; allowed: a whole number of runs, at least 1"))
@@ -251,7 +268,8 @@ def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec 
     data_free, mixed, data_aware = ({bits: [c for c in configs if c[0] in keep] for bits, configs in table.items()}
                                     for table in (DATA_FREE, MIXED, DATA_AWARE))
     start = time.monotonic()
-    bench = SPEED_BENCH if budget.min_decode_tok_s is not None else BENCH
+    protocol_data, bench = search_specs(protocol, speed=budget.min_decode_tok_s is not None)
+    data = data if data is not None else protocol_data
     baseline = session.run(model, "baseline", bench=bench, data=data)
     if not baseline.ok:
         first = (baseline.error or "").strip().splitlines()[:1]
@@ -261,12 +279,13 @@ def recommend(session: "Session", model: str, budget: Budget, *, data: DataSpec 
         raise InvalidParams([ParamError("model", f"{model} has no perplexity (the budget search measures "
                                                  "perplexity; allowed: a causal language model)")], context="recommend")
     base_ppl = float(baseline.metrics["perplexity"])
-    rec = Recommendation(model=model, budget=budget, baseline=baseline)
+    rec = Recommendation(model=model, budget=budget, baseline=baseline, protocol=protocols.name_of(data, bench))
     rec.space = sum(len(v) for table in (data_free, mixed, data_aware) for v in table.values()) \
         + (len(MIXED_EXCLUDES) * sum(any(m == "rtn" for m, _ in v) for v in data_free.values()))
     limit = budget.ppl_limit(base_ppl)
     log(f"fp32 baseline: perplexity {base_ppl:.3f}, {mb(baseline.metrics['weights_bytes'])} MB; "
-        f"budget: {budget.describe()}" + (f" (perplexity <= {limit:.3f})" if limit else ""))
+        f"budget: {budget.describe()}" + (f" (perplexity <= {limit:.3f})" if limit else "")
+        + f"; {protocols.describe(data, bench)} protocol")
     search = _Search(session, model, budget, rec, data, bench, base_ppl, max_runs, log, stop,
                      mixed=mixed, data_aware=data_aware, data_free=data_free)
 

@@ -39,7 +39,9 @@ pre { white-space: pre-wrap; word-break: break-word; background: #f6f8fa; paddin
 def build_report(results: Sequence[RunResult], title: str = "Quantization Workbench report") -> str:
     """The report as one HTML document (a string).
 
-    Sections: summary table, accuracy vs memory (one figure per model),
+    Sections: summary table (with each run's measurement protocol), accuracy vs memory (one
+    figure per model, and per protocol when a model's runs span several: no Pareto front is
+    drawn across protocols),
     latency/memory/throughput figures, the generation (fused-module) tables,
     failed runs with their errors, and the environment of every run.
     """
@@ -60,6 +62,7 @@ def build_report(results: Sequence[RunResult], title: str = "Quantization Workbe
     body = [
         f"<h1>{_e(title)}</h1>",
         (f"<p class=\"meta\">{len(results)} runs: {len(ok)} succeeded, {len(failed)} failed. "
+         f"{_e(_protocols(frame))}"
          f"Generated {_e(_now())} by workbench {_e(__version__)}. 1 MB = 2<sup>20</sup> bytes.</p>"),
         _section("Summary", _summary(frame)),
         _section("Accuracy vs memory", _accuracy(frame, figure)),
@@ -96,8 +99,21 @@ def _summary(frame: pd.DataFrame) -> str:
     return f"<div class=\"scroll\">{_df_html(plots.summary_table(frame))}</div>"
 
 
+def _protocols(frame: pd.DataFrame) -> str:
+    """"Measured with the quick protocol. " or "Protocols: quick 3 runs, standard 5 runs (...). "."""
+    if len(frame) == 0 or "protocol" not in frame.columns:
+        return ""
+    counts = frame["protocol"].astype(str).value_counts(sort=False)
+    if len(counts) == 1:
+        return f"Measured with the {counts.index[0]} protocol. "
+    listed = ", ".join(f"{name} {n} run{'s' if n > 1 else ''}" for name, n in counts.items())
+    return (f"Protocols: {listed} (runs of different protocols are measured differently: each figure and "
+            "front keeps to one). ")
+
+
 def _accuracy(frame: pd.DataFrame, figure: Any) -> str:
-    models = list(dict.fromkeys(frame["model"].astype(str)))
+    groups = plots.comparison_groups(frame).astype(str) if len(frame) else pd.Series(dtype=object)
+    models = list(dict.fromkeys(groups))
     if not models:
         return _note(plots.NO_RUNS)
     legend = ["<p class=\"meta\">One colour per backend; the fp32 baseline is the star (and the dotted line), "
@@ -105,8 +121,8 @@ def _accuracy(frame: pd.DataFrame, figure: Any) -> str:
               "edge is a run off the scale (its value in its label). Hover a point for its parameters, layers and "
               "kernel; for perplexity, the buttons above a figure show its change against the baseline.</p>"]
     parts, drawn = [], False
-    for model in models:
-        sub = frame[frame["model"].astype(str) == model]
+    for model in models:  # a model, or a model and one of its protocols
+        sub = frame[groups == model]
         fig = plots.accuracy_vs_memory(sub, accuracy=None)
         parts.append(f"<h3>{_e(model)}</h3>")
         parts.append(figure(fig) if fig.data else _note(_annotation(fig)))

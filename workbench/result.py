@@ -25,6 +25,8 @@ class RunStatus(str, Enum):
     TIMEOUT = "timeout"
     OOM = "oom"
     CANCELLED = "cancelled"
+    # Still measuring: what the store holds of a run in progress (never a final status).
+    RUNNING = "running"
 
     @property
     def succeeded(self) -> bool:
@@ -156,9 +158,22 @@ class RunResult:
     def failure(cls, spec: Mapping[str, Any], key: str, status: RunStatus, error: str, **kw: Any) -> "RunResult":
         return cls(key=key, status=status, spec=dict(spec), error=error, **kw)
 
+    def merge_partial(self, partial: Mapping[str, Any]) -> None:
+        """Add the measurements of one protocol stage (`workbench.measure.protocol`): `metrics` and
+        `tables` update, `layers_quantized` / `layers_eligible` / `kernel` replace, `notes` extend.
+        The worker fills its result this way and the coordinator rebuilds it from the same partials."""
+        self.metrics.update(partial.get("metrics") or {})
+        self.tables.update(partial.get("tables") or {})
+        for name in ("layers_quantized", "layers_eligible", "kernel"):
+            if name in partial:
+                setattr(self, name, partial[name])
+        self.notes.extend(partial.get("notes") or [])
+
     def to_row(self) -> dict[str, Any]:
         """One flat row for pandas: identity, status, every metric, layer counts.
 
+        `protocol` names the measurement protocol whose settings the run used (`quick`,
+        `standard`, `full`, else `custom`: `workbench.protocols.name_of`).
         `data_key` and `bench_key` say what a run is comparable with (`workbench.baselines`):
         `data_key` hashes the model spec and the evaluation part of the data spec (the key of
         the reference outputs, `spec.data_key`, with the calibration sizes at their defaults:
@@ -196,6 +211,12 @@ class RunResult:
                                         "protocol": PROTOCOL_VERSION})
         except (TypeError, ValueError):
             row_bench_key = short_hash({"bench": self.spec.get("bench")})
+        from .protocols import CUSTOM, name_of
+
+        try:  # the protocol whose settings the run used (workbench.protocols), named after the fact
+            row_protocol = name_of(build(DataSpec, self.spec.get("data")), build(BenchSpec, self.spec.get("bench")))
+        except (TypeError, ValueError):
+            row_protocol = CUSTOM
         row: dict[str, Any] = {
             "key": self.key,
             "model": self.model,
@@ -204,6 +225,7 @@ class RunResult:
             "label": label(self.method, self.params),
             "status": self.status.value,
             "device": self.spec.get("device", "cpu"),
+            "protocol": row_protocol,
             "data_key": row_data_key,
             "bench_key": row_bench_key,
             "layers_quantized": self.layers_quantized,

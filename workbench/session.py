@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from . import registry
 from .errors import DataError, InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
 from .exec import Executor, Progress, get_executor
+from .exec.base import Partial, PartialUpdate, accepts_partial, keep_partial
 from .paths import store_path
 from .registry import cuda_present
 from .result import RunResult, RunStatus
@@ -77,9 +78,14 @@ class Session:
         store: ResultStore | str | os.PathLike[str] | None = None,
         executor: Executor | str = "subprocess",
         progress: bool = True,
+        warm: bool = True,
     ):
+        """`warm`: with the subprocess executor named by string, each backend environment keeps a
+        prepared process from which every run is forked, still a fresh process of its own
+        (`workbench.exec.warm`); `warm=False` starts every worker cold (what `--cold` does). An
+        executor passed as an object keeps its own setting."""
         self.store = store if isinstance(store, ResultStore) else ResultStore(store_path(store))
-        self.executor = get_executor(executor) if isinstance(executor, str) else executor
+        self.executor = get_executor(executor, warm=warm) if isinstance(executor, str) else executor
         self.progress = progress
         self._hub_models: dict[ModelSpec, Any] = {}
 
@@ -94,14 +100,23 @@ class Session:
         bench: BenchSpec | Mapping[str, Any] | None = None,
         device: str = "cpu",
         timeout_s: float | None = None,
+        protocol: str | None = None,
         **model_options: Any,
     ) -> RunSpec:
-        """A RunSpec from plain values (dicts for data/bench are accepted)."""
+        """A RunSpec from plain values.
+
+        `protocol`: `quick`, `standard` (None: the default) or `full` (`workbench.protocols`);
+        an unknown name raises `UnknownProtocol` (exit code 2) listing the names. `data` / `bench`
+        as dicts change single fields on top of the protocol's (`bench={"repeats": 5}`); a
+        complete `DataSpec` / `BenchSpec` replaces the protocol's. `timeout_s` None: the
+        protocol's (`full` allows 4 hours), else the executor's default.
+        """
+        from . import protocols
+
         m = model if isinstance(model, ModelSpec) else ModelSpec(id=str(model), **model_options)
-        d = data if isinstance(data, DataSpec) or data is None else _dataclass_from(DataSpec, data, "data")
-        b = bench if isinstance(bench, BenchSpec) or bench is None else _dataclass_from(BenchSpec, bench, "bench")
-        return RunSpec(model=m, method=method, params=dict(params or {}), data=d or DataSpec(),
-                       bench=b or BenchSpec(), device=device, timeout_s=timeout_s)
+        d, b = protocols.specs(protocol, data, bench)
+        return RunSpec(model=m, method=method, params=dict(params or {}), data=d, bench=b, device=device,
+                       timeout_s=timeout_s if timeout_s is not None else protocols.get(protocol).timeout_s)
 
     def validate(self, spec: RunSpec) -> RunSpec:
         """The spec with normalized parameters, or an exception listing every problem.
@@ -165,11 +180,19 @@ class Session:
         return []
 
     # --- running ---------------------------------------------------------------
-    def submit(self, spec: RunSpec, *, force: bool = False, progress: Progress | None = None) -> RunResult:
+    def submit(self, spec: RunSpec, *, force: bool = False, progress: Progress | None = None,
+               on_partial: Partial | None = None) -> RunResult:
         """Validate, reuse a stored result for the same key, else run and store.
 
         Never raises for bad input or a failed run: the result's status and error say
         what happened. Validation failures are returned, not stored (nothing ran).
+
+        Measurements stream: while the run goes, the store holds it with status `running` and
+        what is known so far (`ResultStore.put_live`; `dataframe(include_live=True)` shows it),
+        and `on_partial(update)` (a `workbench.exec.PartialUpdate`) gets a "started" update, then
+        each protocol stage's measurements as the worker reports them: build, save, accuracy,
+        latency tables, memory, reload check, task metric. A run that is cancelled, killed, times
+        out or runs out of memory is stored with that status and the measurements it had made.
         """
         try:
             spec = self.validate(spec)
@@ -184,21 +207,43 @@ class Session:
         bar = None
         if progress is None and self.progress:
             bar, progress = _progress_bar(spec)
+        live = _LiveRun(self.store, spec, spec.timeout_s or getattr(self.executor, "default_timeout_s", None),
+                        on_partial)
+        live.start()
         try:
-            result = self.executor.run(spec, ref.target, ref.cls.env, progress)
+            if accepts_partial(self.executor):
+                result = self.executor.run(spec, ref.target, ref.cls.env, progress, partial=live.update)
+            else:
+                result = self.executor.run(spec, ref.target, ref.cls.env, progress)
         except WorkbenchError as e:  # e.g. the environment disappeared between validation and run
             result = RunResult.failure(spec.to_dict(), spec.key, RunStatus.UNAVAILABLE, str(e))
+        except BaseException as e:
+            # Ctrl-C, or a bug below the session: the run ends here. Store it with what it had
+            # measured (never as running), then let the exception go on.
+            if isinstance(e, KeyboardInterrupt):
+                failed = RunResult.failure(spec.to_dict(), spec.key, RunStatus.CANCELLED, "interrupted (Ctrl-C)")
+            else:
+                failed = RunResult.failure(spec.to_dict(), spec.key, RunStatus.CRASHED,
+                                           f"the session failed while running it: {type(e).__name__}: {e}")
+            self._store(spec, live.finish(failed), live)
+            raise
         finally:
             if bar is not None:
                 bar.close()
+        result = live.finish(result)
+        self._store(spec, result, live)
+        return result
+
+    def _store(self, spec: RunSpec, result: RunResult, live: "_LiveRun") -> None:
         from .security import spec_warnings
 
         result.warnings = spec_warnings(spec) + [w for w in result.warnings if not w.startswith("security: ")]
-        self.store.append(result)
-        return result
+        self.store.append(result, live_id=live.run_id)
 
     def run(self, model: str | ModelSpec, method: str, params: Mapping[str, Any] | None = None, **kw: Any) -> RunResult:
-        """Shortcut: make_spec + submit."""
+        """Shortcut: make_spec + submit; `protocol="quick"` and every other `make_spec` option work here.
+
+        An unknown protocol raises `UnknownProtocol` (before any worker), like an unknown data field."""
         force = kw.pop("force", False)
         return self.submit(self.make_spec(model, method, params, **kw), force=force)
 
@@ -213,12 +258,80 @@ class Session:
 
         return layer_sensitivity(self, model, method, params, **kw)
 
-    # --- reading ---------------------------------------------------------------
-    def results(self, latest_only: bool = True) -> list[RunResult]:
-        return self.store.results(latest_only=latest_only)
+    def prepare(self, model: str | ModelSpec, method: str = "baseline") -> str | None:
+        """Start the prepared process of `method`'s environment now, warmed up with `model`, so
+        that the first run there starts warm (an app calls it when it opens). Returns at once with
+        its state ("starting", "ready", "failed"), or None where runs start cold (a cold session,
+        another executor, a kernel-side method, a missing environment). Never raises for those."""
+        prepare = getattr(self.executor, "prepare", None)
+        if prepare is None:
+            return None
+        try:
+            env = registry.get(method).cls.env
+            return prepare(env, model if isinstance(model, ModelSpec) else ModelSpec(id=str(model)))
+        except WorkbenchError:
+            return None
 
-    def dataframe(self, latest_only: bool = True) -> "pd.DataFrame":
-        return self.store.to_dataframe(latest_only=latest_only)
+    # --- reading ---------------------------------------------------------------
+    def results(self, latest_only: bool = True, include_live: bool = False) -> list[RunResult]:
+        """Stored results (the latest per spec key by default); `include_live` adds the runs in
+        progress, status `running`, with what they have measured so far."""
+        return self.store.results(latest_only=latest_only, include_live=include_live)
+
+    def dataframe(self, latest_only: bool = True, include_live: bool = False) -> "pd.DataFrame":
+        """One row per stored result (`RunResult.to_row`); `include_live` adds the runs in progress."""
+        return self.store.to_dataframe(latest_only=latest_only, include_live=include_live)
+
+
+class _LiveRun:
+    """A run in progress as the session sees it: its live row in the store, kept up to date from
+    the executor's partial updates, and the caller's `on_partial`. Once `finish` is called, late
+    updates (a reader thread still draining) are dropped, so no live row outlives its result."""
+
+    def __init__(self, store: ResultStore, spec: RunSpec, timeout_s: float | None, on_partial: Partial | None):
+        import threading
+        import time
+        import uuid
+
+        self.store = store
+        self.run_id = uuid.uuid4().hex
+        self.timeout_s = timeout_s
+        self.so_far = RunResult(key=spec.key, status=RunStatus.RUNNING, spec=spec.to_dict(), started_at=time.time())
+        self._on_partial = on_partial
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        import copy
+
+        self.store.put_live(self.run_id, self.so_far, self.timeout_s)
+        self._tell(PartialUpdate("started", {}, copy.deepcopy(self.so_far)))
+
+    def update(self, update: PartialUpdate) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            update.result.started_at = self.so_far.started_at
+            self.so_far = update.result
+            try:
+                self.store.put_live(self.run_id, self.so_far, self.timeout_s)
+            except WorkbenchError:  # a store that is busy for 30 s: the final result still lands
+                pass
+        self._tell(update)
+
+    def finish(self, result: RunResult) -> RunResult:
+        """The final result, keeping the measurements reported before a failure."""
+        with self._lock:
+            self._closed = True
+            return keep_partial(result, self.so_far)
+
+    def _tell(self, update: PartialUpdate) -> None:
+        if self._on_partial is None:
+            return
+        try:
+            self._on_partial(update)
+        except Exception:  # noqa: BLE001 - a display that fails must not cost the run
+            pass
 
 
 def _dataclass_from(cls: type, values: Mapping[str, Any], what: str) -> Any:

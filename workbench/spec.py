@@ -72,13 +72,17 @@ class BenchSpec:
     memory_limit_mb: int | None = None
 
 
-# A lighter protocol for notebooks and classes: the same measurements on fewer sizes, fewer
-# evaluation tokens and no reload check, so a comparison of a few methods on the embedded
-# SmolLM2 takes minutes on two cores. Results are stored under their own keys (the spec
-# differs), never mixed up with full-protocol runs.
-LIGHT_BENCH = BenchSpec(batch_sizes=(1,), prompt_lengths=(32,), decode_tokens=16, generate_batch_sizes=(1,),
-                        repeats=2, reload_check=False)
-LIGHT_DATA = DataSpec(eval_windows=4, window=256, calib_samples=16, calib_seq_len=256, embed_sentences=100)
+def __getattr__(name: str) -> Any:
+    """`LIGHT_DATA` / `LIGHT_BENCH`: the `quick` protocol's settings under their former names.
+
+    The protocols live in `workbench.protocols` (which imports this module), so these are looked
+    up when asked for; `Session.make_spec(..., protocol="quick")` is the way to say it now."""
+    if name in ("LIGHT_DATA", "LIGHT_BENCH"):
+        from .protocols import PROTOCOLS
+
+        quick = PROTOCOLS["quick"]
+        return quick.data if name == "LIGHT_DATA" else quick.bench
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

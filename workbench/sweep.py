@@ -2,10 +2,11 @@
 
     name = "4-bit on SmolLM2"
     models = ["smollm2-135m"]
+    protocol = "quick"                # optional: quick, standard (the default) or full
     timeout_s = 1800                  # optional, for every run
-    [data]                            # optional DataSpec fields, for every run
-    eval_windows = 4
-    [bench]                           # optional BenchSpec fields, for every run
+    [data]                            # optional DataSpec fields, on top of the protocol's
+    eval_windows = 8
+    [bench]                           # optional BenchSpec fields, on top of the protocol's
     latency = false
 
     [[runs]]
@@ -18,6 +19,12 @@
     models = ["smollm2-135m"]         # optional: replaces the top-level list for this block
     grid = {ratio = {start = 0.6, stop = 1.0, step = 0.2}}
     bench = {latency = true}          # optional: merged over the top-level tables
+    protocol = "standard"             # optional: replaces the top-level protocol for this block
+
+The protocol (`workbench.protocols`) gives every field of the data and bench settings; the
+`[data]` and `[bench]` tables change single fields on top of it. `workbench sweep --protocol NAME`
+(or `parse_sweep(..., protocol=NAME)`) replaces the file's protocol, so the grid explored under
+`quick` can be measured again under `full` without editing the file.
 
 A grid value is a list, or a range: a table with `start`, `stop` (included) and either `step`
 (arithmetic) or `factor` (geometric). A block runs the cartesian product of its grid on each of
@@ -25,26 +32,28 @@ its models. Specs are validated all together before anything runs and deduplicat
 (two grids naming the same configuration run it once). Every result is stored as it completes,
 so running the same file again after an interruption reruns nothing that was stored: it resumes.
 A configuration whose latest stored run failed (crashed, out of memory, timeout) is skipped, with
-its stored error, unless failures are retried.
+its stored error, unless failures are retried; one whose run was cancelled or interrupted (the
+sweep killed halfway) runs again.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from . import protocols
 from .errors import InvalidSpec, MethodUnavailable, WorkbenchError
-from .result import RunResult
+from .result import RunResult, RunStatus
 from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
 
-TOP_KEYS = ("name", "models", "data", "bench", "timeout_s", "device", "runs")
-RUN_KEYS = ("method", "models", "params", "grid", "data", "bench", "timeout_s", "device")
+TOP_KEYS = ("name", "models", "protocol", "data", "bench", "timeout_s", "device", "runs")
+RUN_KEYS = ("method", "models", "params", "grid", "protocol", "data", "bench", "timeout_s", "device")
 RANGE_KEYS = ("start", "stop", "step", "factor")
 # A typo in a range must not expand to millions of runs.
 MAX_RANGE_VALUES = 1000
@@ -79,6 +88,8 @@ class SweepPlan:
     def summary(self) -> str:
         parts = [f"{len(self.specs)} configurations", f"{len(self.stored)} already stored",
                  f"{len(self.todo)} to run"]
+        if self.specs:
+            parts.append(self.protocol_summary())
         if self.failed:
             parts.append(f"{len(self.failed)} failed before (skipped; --retry-failed runs them)")
         if self.duplicates:
@@ -88,6 +99,16 @@ class SweepPlan:
         if self.invalid:
             parts.append(f"{len(self.invalid)} invalid")
         return f"sweep {self.sweep.name!r}: " + ", ".join(parts)
+
+    def protocol_summary(self) -> str:
+        """"quick protocol", or "protocols: quick 6, custom 2" when the configurations mix them."""
+        counts: dict[str, int] = {}
+        for spec in self.specs:
+            name = protocols.name_of(spec.data, spec.bench)
+            counts[name] = counts.get(name, 0) + 1
+        if len(counts) == 1:
+            return f"{next(iter(counts))} protocol"
+        return "protocols: " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 @dataclass
@@ -105,8 +126,9 @@ class SweepOutcome:
 # --- reading -------------------------------------------------------------------
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and expand a sweep file. Raises SweepError naming the file, the key and what is allowed."""
+def load_sweep(path: str | Path, protocol: str | None = None) -> Sweep:
+    """Read and expand a sweep file. Raises SweepError naming the file, the key and what is allowed.
+    `protocol`: replaces the file's `protocol` keys (see `parse_sweep`)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -114,12 +136,17 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(f"sweep file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SweepError(f"sweep file {p} cannot be read: {e}") from None
-    return parse_sweep(text, p)
+    return parse_sweep(text, p, protocol=protocol)
 
 
-def parse_sweep(text: str, path: Path | None = None) -> Sweep:
-    """Expand sweep TOML text (see the module docstring for the format)."""
+def parse_sweep(text: str, path: Path | None = None, protocol: str | None = None) -> Sweep:
+    """Expand sweep TOML text (see the module docstring for the format).
+
+    `protocol`: the measurement protocol of every run, in place of the file's `protocol` keys
+    (None: the file's, else `standard`); an unknown name raises `protocols.UnknownProtocol`."""
     where = str(path) if path else "sweep"
+    if protocol is not None:
+        protocol = protocols.get(protocol).name
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -132,6 +159,7 @@ def parse_sweep(text: str, path: Path | None = None) -> Sweep:
     if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
         raise SweepError(f"{where}: runs: expected one or more [[runs]] tables, each with a method and a grid")
     top_models = _models(doc.get("models"), f"{where}: models", required=False)
+    top_protocol = _protocol_key(doc, f"{where}: protocol")
     specs: list[RunSpec] = []
     for i, block in enumerate(runs):
         at = f"{where}: runs[{i}]"
@@ -152,9 +180,11 @@ def parse_sweep(text: str, path: Path | None = None) -> Sweep:
         clash = set(axes) & set(fixed)
         if clash:
             raise SweepError(f"{at}: {', '.join(sorted(clash))} both in params and in grid; keep each in one")
-        data = _table(DataSpec, {**_dict(doc, "data", where), **_dict(block, "data", at)}, f"{at}.data")
-        bench = _table(BenchSpec, {**_dict(doc, "bench", where), **_dict(block, "bench", at)}, f"{at}.bench")
-        timeout = block.get("timeout_s", doc.get("timeout_s"))
+        base = protocols.get(protocol or _protocol_key(block, f"{at}.protocol") or top_protocol)
+        data = _table(DataSpec, {**_dict(doc, "data", where), **_dict(block, "data", at)}, f"{at}.data", base.data)
+        bench = _table(BenchSpec, {**_dict(doc, "bench", where), **_dict(block, "bench", at)}, f"{at}.bench",
+                       base.bench)
+        timeout = block.get("timeout_s", doc.get("timeout_s", base.timeout_s))
         device = block.get("device", doc.get("device", "cpu"))
         if not isinstance(device, str):
             raise SweepError(f"{at}.device: expected cpu or cuda[:N], got {device!r}")
@@ -232,10 +262,21 @@ def _dict(table: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _table(cls: type, values: Mapping[str, Any], where: str) -> Any:
+def _table(cls: type, values: Mapping[str, Any], where: str, base: Any) -> Any:
+    """`base` (the protocol's settings) with the fields of `values` changed."""
     names = [f.name for f in fields(cls)]
     _unknown(values, tuple(names), where)
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _protocol_key(table: Mapping[str, Any], where: str) -> str | None:
+    """The `protocol` key of a table (None without one), checked: a SweepError names the key and the names."""
+    name = table.get("protocol")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name.strip().lower() not in protocols.PROTOCOLS:
+        raise SweepError(f"{where}: got {name!r}; allowed: {', '.join(protocols.names())}")
+    return name
 
 
 # --- planning and running ----------------------------------------------------------
@@ -264,7 +305,9 @@ def plan(session: "Session", sweep: Sweep, retry_failed: bool = False) -> SweepP
             out.stored[spec.key] = hit
             continue
         last = session.store.latest(spec.key)
-        if last is not None and not retry_failed:
+        # A cancelled run (by the user, or interrupted with its coordinator) is no verdict on the
+        # configuration: it runs again. Crashes, timeouts and out-of-memory are skipped.
+        if last is not None and not retry_failed and last.status is not RunStatus.CANCELLED:
             last.cached = True
             out.failed[spec.key] = last
             continue

@@ -101,6 +101,54 @@ class CorruptSavedScales(RTN):
         return built
 
 
+class TorchFaultMethod(FaultMethod):
+    """`fault` in the torch environment, whose runs start warm (forked from its prepared process)."""
+
+    name = "fault-torch"
+    env = "torch"
+    description = "Fails on purpose in the torch environment (warm-start tests)."
+
+
+class ProcessProbe(Method):
+    """Reports the process its run got, as metrics and notes, after one parallel torch op:
+    a run forked from a prepared process must get what a cold worker gets."""
+
+    name = "process-probe"
+    backend = "testing"
+    env = "torch"
+    description = "Reports threads, limits, seeds and identity of its worker process (warm-start tests)."
+    quantizes = False
+    schema = Schema(())
+
+    def is_reference(self, params: Mapping[str, Any]) -> bool:
+        return True
+
+    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+        import resource
+        import tempfile
+
+        import numpy
+        import torch
+
+        x = torch.randn(512, 512)
+        _ = x @ x  # starts the intra-op pool (OpenMP) with the run's thread count
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        metrics = {
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": int(os.environ.get("OMP_NUM_THREADS") or 0),
+            "os_threads": len(os.listdir("/proc/self/task")),
+            "rlimit_as_mb": -1 if limit == resource.RLIM_INFINITY else limit // 2**20,
+            "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgrp(), "sid": os.getsid(0),
+            "torch_rand": float(torch.rand(1)), "numpy_rand": float(numpy.random.random()),
+            # Not hqq or torchao: transformers imports those at every model load, cold or warm.
+            "backends_imported": sum(m in sys.modules for m in ("bitsandbytes", "optimum.quanto", "openvino",
+                                                                "onnxruntime")),
+        }
+        notes = [f"TMPDIR={os.environ.get('TMPDIR')}", f"gettempdir={tempfile.gettempdir()}", f"cwd={os.getcwd()}"]
+        return Built(model=None, layers_quantized=0, layers_eligible=0, kernel="none", weights_bytes=0,
+                     metrics=metrics, notes=notes)
+
+
 # --- kill tests ---------------------------------------------------------------------------
 
 
@@ -124,21 +172,27 @@ def stored_rows(store: "os.PathLike[str] | str") -> list[tuple[str, str]]:
     raise RuntimeError(f"{store}: locked for 5 s")
 
 
-def workers_under(folder: "os.PathLike[str] | str") -> list[int]:
-    """Worker processes started with TMPDIR in `folder` (their request files lie there)."""
+def workers_under(folder: "os.PathLike[str] | str", prepared: bool = True) -> list[int]:
+    """Worker processes started with TMPDIR in `folder` (their request files lie there): cold
+    workers, prepared processes (warm starts: their pool folder lies there) and the runs forked
+    from those, which share their prepared process's command line. `prepared=False` leaves the
+    prepared processes out: only processes running a run."""
     from pathlib import Path
 
-    found = []
+    found: dict[int, tuple[str, int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if "workbench.worker" in cmd and str(folder) in cmd:
-            found.append(int(proc.name))
-    return found
+            found[int(proc.name)] = (cmd, ppid)
+    if not prepared:  # a prepared process is a --serve process not forked from another one
+        return [pid for pid, (cmd, ppid) in found.items() if "--serve" not in cmd or ppid in found]
+    return list(found)
 
 
 # --- the method contract ----------------------------------------------------------------

@@ -75,7 +75,8 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     expect(run).to_be_enabled()
     run.click()
 
-    row = page.locator("table.wb-results tbody tr").first
+    # The row shows while the run goes (status running, cells filling in); wait for its result.
+    row = _finished_row(page)
     try:
         expect(row).to_be_visible(timeout=RUN_TIMEOUT_MS)
     except AssertionError as e:  # say where the run got to, not only that the row is missing
@@ -105,6 +106,69 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     expect(page.locator("table.wb-results tbody tr", has_text="rtn bits=6")).to_be_visible()
     expect(_point(page)).to_be_visible(timeout=60_000)
     _assert_gone(page, f"{voila}/api/kernels/{first_kernel}")
+    watch.assert_clean()
+
+
+def _finished_row(page):
+    """The results table's row once its status cell says ok (before that it says running)."""
+    return page.locator("table.wb-results tbody tr", has=page.locator("td", has_text=re.compile(r"^\s*ok\s*$"))).first
+
+
+# Records every state the results table's first row goes through, in the page, as the DOM changes:
+# the test then asserts the order in which the cells filled, whatever the timing of its polling.
+RECORD_ROWS = """() => {
+  window.__wbRows = [];
+  const snap = () => {
+    const table = document.querySelector('table.wb-results');
+    const row = table && table.querySelector('tbody tr');
+    if (!row) return;
+    const heads = [...table.querySelectorAll('thead th')].map(th => th.innerText.trim());
+    const cells = [...row.querySelectorAll('td')].map(td => td.innerText.trim());
+    const get = name => cells[heads.indexOf(name)] ?? null;
+    const s = {status: get('status'), perplexity: get('perplexity'), decode: get('decode tok/s')};
+    const last = window.__wbRows[window.__wbRows.length - 1];
+    if (!last || ['status', 'perplexity', 'decode'].some(k => last[k] !== s[k])) window.__wbRows.push(s);
+  };
+  new MutationObserver(snap).observe(document.body, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+@requires_torch_env
+def test_a_running_row_fills_in_perplexity_first_then_latency(new_page, voila, tmp_path):
+    """Click Run on tiny-llama: the results table shows the run as running with its perplexity
+    while the latency cells are still empty, then the complete row (order and arrival, not times)."""
+    from playwright.sync_api import expect
+
+    page, watch = new_page(voila)
+    page.goto(voila + "/", timeout=120_000)
+    run = page.get_by_role("button", name="Run")
+    expect(run).to_be_visible(timeout=120_000)
+    model = page.get_by_label("model", exact=True)
+    model.select_option(_option(model, "tiny-llama"))
+    method = page.get_by_label("method", exact=True)
+    method.select_option(_option(method, "workbench · rtn"))
+    # "show code" follows the kernel's form: once it names tiny-llama and rtn's layer, Run runs that
+    code = page.locator(".widget-textarea textarea").first
+    expect(code).to_have_value(re.compile(r"tiny-llama[\s\S]*QuantLinear"), timeout=60_000)
+    expect(run).to_be_enabled()
+    page.evaluate(RECORD_ROWS)
+    run.click()
+    try:
+        expect(_finished_row(page)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- page text ---\n{page.inner_text('body')[-2500:]}\n--- voila log ---\n"
+                             f"{(tmp_path / 'voila.log').read_text()[-2500:]}") from None
+    states = page.evaluate("window.__wbRows")
+    running_with_ppl = [i for i, s in enumerate(states) if s["status"] == "running" and s["perplexity"]
+                        and not s["decode"]]
+    assert running_with_ppl, states
+    first = running_with_ppl[0]
+    # nothing showed a decode speed before the perplexity, and the row later completed
+    assert not any(s["decode"] for s in states[:first]), states
+    done = [i for i, s in enumerate(states) if s["status"] == "ok"]
+    assert done and done[0] > first and states[done[0]]["decode"] and states[done[0]]["perplexity"], states
+    assert states[done[0]]["perplexity"] == states[first]["perplexity"], states
+    expect(page.get_by_text("1 of 1 stored runs")).to_be_visible()
     watch.assert_clean()
 
 

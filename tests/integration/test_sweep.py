@@ -44,7 +44,7 @@ def test_a_killed_sweep_resumes_without_rerunning_stored_configurations(tmp_path
         assert coordinator.poll() is None, coordinator.stdout.read()
         assert time.monotonic() < deadline, "two runs did not finish in 10 minutes"
         time.sleep(0.2)
-    while not workers_under(tmp):  # kill it while a third run is under way
+    while not workers_under(tmp, prepared=False):  # kill it while a third run is under way
         assert coordinator.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     coordinator.send_signal(signal.SIGKILL)

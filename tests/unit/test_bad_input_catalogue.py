@@ -83,6 +83,12 @@ CLI_CASES = [
     ("batch size zero", ["run", *MODEL, "--method", "rtn", "--bench", "batch_sizes=0"], 2, "batch_sizes"),
     ("no cuda here", ["run", *MODEL, "--method", "rtn", "--device", "cuda"], 4, "no CUDA device"),
     ("unknown device", ["run", *MODEL, "--method", "rtn", "--device", "tpu"], 2, "tpu"),
+    ("unknown protocol", ["run", *MODEL, "--method", "rtn", "--protocol", "fast"], 2,
+     "protocol: got 'fast'; allowed: quick, standard, full"),
+    ("unknown protocol for the budget search", ["recommend", *MODEL, "--max-ppl-increase", "5%", "--protocol",
+                                                "thorough"], 2, "protocol: got 'thorough'; allowed: quick, standard"),
+    ("full protocol on a short text", ["run", *MODEL, "--method", "rtn", "--protocol", "full", "--data",
+                                       "file:{tmp}/short.txt"], 2, "eval_windows x window = 32 x 1024"),
     # --- stores -----------------------------------------------------------------------------------
     ("unwritable store", ["run", *MODEL, "--method", "baseline", "--store", "/etc/passwd/wb.sqlite"], 2,
      "/etc/passwd/wb.sqlite"),
@@ -95,6 +101,8 @@ CLI_CASES = [
     ("sweep invalid grid value", ["sweep", "{tmp}/bad-grid.toml"], 2, "bits: got 99; allowed: an integer in [2, 8]"),
     ("sweep zero step", ["sweep", "{tmp}/zero-step.toml"], 2, "step"),
     ("sweep no runs", ["sweep", "{tmp}/no-runs.toml"], 2, "runs: expected one or more [[runs]] tables"),
+    ("sweep unknown protocol", ["sweep", "{tmp}/bad-protocol.toml"], 2,
+     "bad-protocol.toml: protocol: got 'fast'; allowed: quick, standard, full"),
     # --- budget search and sensitivity -----------------------------------------------------------
     ("budget not a percentage", ["recommend", *MODEL, "--max-ppl-increase", "ten"], 2,
      "max_ppl_increase: got 'ten'; allowed: a percentage"),
@@ -136,6 +144,7 @@ def _files(tmp: Path) -> None:
         "bad-grid": SWEEP_HEAD + "[[runs]]\nmethod = 'rtn'\ngrid = {bits = [4, 99]}\n",
         "zero-step": SWEEP_HEAD + "[[runs]]\nmethod = 'rtn'\ngrid = {bits = {start = 2, stop = 8, step = 0}}\n",
         "no-runs": SWEEP_HEAD,
+        "bad-protocol": SWEEP_HEAD + 'protocol = "fast"\n[[runs]]\nmethod = "rtn"\n',
     }
     for name, text in sweeps.items():
         (tmp / f"{name}.toml").write_text(text)

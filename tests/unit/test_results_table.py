@@ -57,7 +57,10 @@ def demo_results() -> list[RunResult]:
             kl_div=0.012, top1_agreement=0.96, decode_tok_s=1550.0),
         res("t3", TL, "rtn", {"bits": 2, "group_size": 16, "exclude": ["lm_head", "model.embed_tokens"]},
             status="reload_mismatch", t=12),
-        res("t4", TL, "rtn", {"bits": 4, "group_size": 16}, t=13, data={"eval_windows": 2}, weights_bytes=1.3 * MIB,
+        # Other text, same protocol: the same section, with no baseline (runs of another protocol get their own
+        # section: tests/unit/test_protocols.py).
+        res("t4", TL, "rtn", {"bits": 4, "group_size": 16}, t=13, data={"source": "file:other.txt"},
+            weights_bytes=1.3 * MIB,
             perplexity=32000.0, decode_tok_s=1200.0),
         res("t5", TL, "gptq", {"bits": 3, "group_size": 128}, status="crashed", t=14),
     ]

@@ -122,6 +122,11 @@ grid = {mode = "hang", seconds = [-5]}
     assert list(p.stored) == [first.key] and list(p.failed) == [second.key] and p.todo == []
     assert "1 failed before (skipped" in p.summary()
     assert [x.key for x in sweep.plan(session, s, retry_failed=True).todo] == [second.key]
+    # cancelled, or interrupted with its coordinator (a sweep killed halfway): no verdict, it runs again
+    session.store.append(RunResult(key=second.key, status=RunStatus.CANCELLED, spec=second.to_dict(),
+                                   error="interrupted: the process that ran it ended before the run did"))
+    p = sweep.plan(session, s)
+    assert p.failed == {} and [x.key for x in p.todo] == [second.key]
 
 
 def test_the_cli_refuses_a_sweep_with_any_invalid_configuration_before_running_one(tmp_path, capsys, fault_method):

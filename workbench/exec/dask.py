@@ -7,7 +7,10 @@ The task sent to a Dask worker is `run_remote(spec JSON, target, env)`: on that 
 the method's environment family (its `$WORKBENCH_HOME/envs/NAME`, or `WORKBENCH_ENV_<NAME>`),
 starts `python -m workbench.worker` there exactly as `SubprocessExecutor` does locally (own
 process group, timeout, memory limit) and returns the result as JSON. The coordinator stores it:
-the SQLite store never leaves the machine that runs the session.
+the SQLite store never leaves the machine that runs the session. Progress and each protocol stage's
+measurements come back while the run goes, through a Dask `Queue` the coordinator drains (progress
+as `[stage, fraction, message]`, measurements as the worker's `{"stage", "partial", "pid"}`
+event); a run whose Dask worker is lost keeps the measurements that had arrived.
 
 Without a scheduler address a `LocalCluster` of worker processes on this machine is started
 (closed with the executor or at exit). A real cluster needs, on every worker machine: this
@@ -33,7 +36,7 @@ from typing import Any
 from ..errors import InvalidSpec
 from ..result import RunResult, RunStatus
 from ..spec import RunSpec
-from .base import Progress
+from .base import Partial, PartialCollector, Progress
 
 LOCAL_WORKERS = 2
 
@@ -57,8 +60,14 @@ def run_remote(spec_json: str, target: str, env: str, progress_queue: str | None
         if queue is not None:
             queue.put(json.dumps([stage, fraction, message]))
 
+    def measured(update: Any) -> None:
+        if queue is not None:
+            queue.put(json.dumps({"stage": update.stage, "partial": dict(update.partial), "pid": update.pid},
+                                 default=str))
+
     out: dict[str, RunResult] = {}
-    runner = threading.Thread(target=lambda: out.setdefault("r", executor.run(spec, target, env, report)))
+    runner = threading.Thread(target=lambda: out.setdefault("r", executor.run(spec, target, env, report,
+                                                                                partial=measured)))
     runner.start()
     while runner.is_alive():
         runner.join(timeout=0.5)
@@ -120,7 +129,9 @@ class DaskExecutor:
         Event(name, client=self.client).set()
         return True
 
-    def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None) -> RunResult:
+    def run(self, spec: RunSpec, target: str, env: str, progress: Progress | None = None,
+            partial: Partial | None = None) -> RunResult:
+        """Run `spec` on a Dask worker; `progress` and `partial` are called here as its reports arrive."""
         from distributed import Event, Queue
 
         started = time.time()
@@ -132,23 +143,25 @@ class DaskExecutor:
                                      f"--resources \"{' '.join(f'{k}={v}' for k, v in resources.items())}\"")
         tag = uuid.uuid4().hex[:12]
         queue_name, event_name = f"wb-progress-{tag}", f"wb-cancel-{tag}"
-        queue = Queue(queue_name, client=self.client) if progress else None
+        listen = progress is not None or partial is not None
+        queue = Queue(queue_name, client=self.client) if listen else None
+        collector = PartialCollector(spec, partial)
         Event(event_name, client=self.client)  # exists before the task can look at it
-        future = self.client.submit(run_remote, spec.to_json(), target, env, queue_name if progress else None,
+        future = self.client.submit(run_remote, spec.to_json(), target, env, queue_name if listen else None,
                                     event_name, key=f"workbench-{spec.key[:16]}-{tag}", pure=False,
                                     resources=resources or None, retries=0)
         with self._lock:
             self._futures[spec.key], self._events[spec.key] = future, event_name
         try:
             while not future.done():
-                _drain(queue, progress, wait=0.5)
-            _drain(queue, progress, wait=0)
+                _drain(queue, progress, wait=0.5, collector=collector)
+            _drain(queue, progress, wait=0, collector=collector)
             try:
                 return RunResult.from_json(future.result())
             except Exception as e:  # noqa: BLE001 - a lost worker is one failed run, not the caller's crash
-                return RunResult.failure(spec.to_dict(), spec.key, RunStatus.CRASHED,
-                                         f"the Dask task failed: {type(e).__name__}: {e}",
-                                         duration_s=time.time() - started)
+                return collector.keep(RunResult.failure(spec.to_dict(), spec.key, RunStatus.CRASHED,
+                                                        f"the Dask task failed: {type(e).__name__}: {e}",
+                                                        duration_s=time.time() - started))
         finally:
             with self._lock:
                 self._futures.pop(spec.key, None)
@@ -174,14 +187,14 @@ def run_resources(spec: RunSpec) -> dict[str, float]:
     return out
 
 
-def _drain(queue: Any, progress: Progress | None, wait: float) -> None:
-    """Pass on the progress events waiting in the queue, after sleeping `wait` seconds.
+def _drain(queue: Any, progress: Progress | None, wait: float, collector: PartialCollector | None = None) -> None:
+    """Pass on the progress events and measurements waiting in the queue, after sleeping `wait` seconds.
 
     `get(batch=True)` takes what is there without blocking: a timed `get` that times out makes
     the scheduler log a traceback every half second.
     """
     time.sleep(wait)
-    if queue is None or progress is None:
+    if queue is None:
         return
     try:
         events = queue.get(batch=True)
@@ -189,7 +202,12 @@ def _drain(queue: Any, progress: Progress | None, wait: float) -> None:
         return
     for text in events:
         try:
-            stage, fraction, message = json.loads(text)
-            progress(stage, fraction, message)
+            event = json.loads(text)
+            if isinstance(event, dict):
+                if collector is not None:
+                    collector.add_event(event)
+            elif progress is not None:
+                stage, fraction, message = event
+                progress(stage, fraction, message)
         except Exception:  # noqa: BLE001 - a broken progress event or callback must not kill the run
             pass

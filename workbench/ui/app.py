@@ -6,9 +6,12 @@
 Under the results and the plots, three tabs explore many configurations at once (`explore.py`):
 a sweep file, layer sensitivity, and the budget search.
 
-Every handler is a plain method that tests call from Python: `select(model=..., method=...)`,
-`set_params({...})`, `run()`. A bad value shows a message under its field and disables Run with
-the reason; nothing a control does raises into the notebook (`_guarded`).
+Every handler is a plain method that tests call from Python: `select(model=..., method=...,
+protocol=...)`, `set_params({...})`, `run()`. A bad value shows a message under its field and
+disables Run with the reason; nothing a control does raises into the notebook (`_guarded`).
+
+The protocol selector under the form says how runs are measured (`workbench.protocols`): `quick`
+by default here, so a click answers in seconds (the command line's default is `standard`).
 
 Kernel-side: ipywidgets, pandas, plotly; no torch. Runs go through `Session.submit` in the
 queue's thread, one worker process each.
@@ -23,25 +26,37 @@ from typing import Any, Callable, Mapping
 
 import ipywidgets as W
 
-from .. import registry
+from .. import protocols, registry
 from ..result import RunResult
 from ..session import Session
-from ..spec import BenchSpec
+from ..spec import BenchSpec, DataSpec
 from .check import Verdict, check
 from .form import ParamForm
 from .pickers import CUSTOM, MethodPicker, ModelPicker
 from .queue import QueueItem, RunQueue
 from .explore import RecommendPanel, SensitivityPanel, SweepPanel
-from .views import PlotsView, ResultsView
+from .views import PlotsView, ResultsView, Throttle
+
+# While runs report measurements the results table follows every stage; the plots (six plotly
+# figures rebuilt and sent to the browser) at most this often.
+PLOTS_REFRESH_S = 3.0
 
 
 class App:
     """The whole workbench as one widget tree (`App().widget`)."""
 
-    def __init__(self, session: Session | None = None, bench: BenchSpec | None = None,
-                 start_method: str | None = None):
+    def __init__(self, session: Session | None = None, bench: BenchSpec | Mapping[str, Any] | None = None,
+                 start_method: str | None = None, protocol: str = protocols.APP_DEFAULT,
+                 data: DataSpec | Mapping[str, Any] | None = None):
+        """`protocol`: the selector's first value (an unknown name raises `UnknownProtocol`).
+        `bench` / `data`: single fields changed on top of the selected protocol (a dict, e.g.
+        `data={"source": "file:my.txt"}`), or complete settings used in its place (tests, classes)."""
         self.session = session or Session(progress=False)
-        self.bench = bench or BenchSpec()
+        self.bench = bench
+        self.data = data
+        self.protocol = W.Dropdown(options=list(protocols.names()), value=protocols.get(protocol).name,
+                                   description="protocol", layout=W.Layout(width="220px"))
+        self.protocol_note = W.HTML()
         self.errors = W.HTML()  # a handler that failed says so here instead of raising
         self.models = ModelPicker(on_change=self._guarded(self.revalidate), session=self.session)
         self.methods = MethodPicker(on_change=self._guarded(self._method_changed))
@@ -55,13 +70,17 @@ class App:
         self.code_box = W.Accordion(children=[self.code], titles=("show code: the plain backend code",))
         self.results = ResultsView(self.session)
         self.plots = PlotsView(self.session)
-        self.queue = RunQueue(self.session, on_done=self._guarded(self._finished))
+        # A running run's measurements fill the table and the plots as they arrive (views.Throttle).
+        self._table_refresh = Throttle(self._guarded(self.results.refresh), 0.0, "workbench-table")
+        self._plots_refresh = Throttle(self._guarded(self.plots.refresh), PLOTS_REFRESH_S, "workbench-plots")
+        self.queue = RunQueue(self.session, on_done=self._guarded(self._finished), on_partial=self._measured)
         self.verdict = Verdict()
-        self.sweeps = SweepPanel(self.session, self.queue, model=lambda: self.models.value)
+        self.sweeps = SweepPanel(self.session, self.queue, model=lambda: self.models.value,
+                                 protocol=lambda: self.protocol.value)
         self.sensitivity = SensitivityPanel(self.session, model=lambda: self.models.value,
                                             on_done=self._guarded(self._sensitivity_done))
         self.recommend = RecommendPanel(self.session, model=lambda: self.models.value,
-                                        on_done=self._guarded(self.refresh))
+                                        on_done=self._guarded(self.refresh), protocol=lambda: self.protocol.value)
         self.sweeps.check_button.on_click(self._guarded(lambda _b: self.sweeps.check()))
         self.sweeps.run_button.on_click(self._guarded(lambda _b: self.sweeps.run()))
         self.sensitivity.button.on_click(self._guarded(lambda _b: self.sensitivity.analyse()))
@@ -69,9 +88,12 @@ class App:
         self.explore = W.Tab(children=[self.sweeps.widget, self.sensitivity.widget, self.recommend.widget],
                              titles=("Sweep", "Layer sensitivity", "Budget search"))
         self.run_button.on_click(self._guarded(lambda _b: self.run()))
+        self.protocol.observe(self._guarded(self._protocol_changed), names="value")
+        self._show_protocol()
         self._method_changed()
         left = W.VBox([W.HTML("<h3>Model</h3>"), self.models.widget, W.HTML("<h3>Method</h3>"),
-                       self.methods.widget, self.form_box, W.HBox([self.run_button, self.reason]),
+                       self.methods.widget, self.form_box, W.HBox([self.protocol, self.protocol_note]),
+                       W.HBox([self.run_button, self.reason]),
                        self.code_box], layout=W.Layout(width="52%"))
         right = W.VBox([self.queue.widget], layout=W.Layout(width="46%"))
         self.widget = W.VBox([W.HBox([left, right]), self.errors, W.HTML("<h3>Results</h3>"),
@@ -82,8 +104,11 @@ class App:
             threading.Thread(target=self._refresh_when_opened, name="workbench-preheat", daemon=True).start()
 
     # --- handlers (plain methods: tests drive them) -------------------------------------
-    def select(self, model: str | None = None, method: str | None = None) -> None:
-        """Pick a model (catalog name, or anything else into the free field) and/or a method."""
+    def select(self, model: str | None = None, method: str | None = None, protocol: str | None = None) -> None:
+        """Pick a model (catalog name, or anything else into the free field), a method and/or a
+        measurement protocol (`quick`, `standard`, `full`; an unknown name raises `UnknownProtocol`)."""
+        if protocol is not None:
+            self.protocol.value = protocols.get(protocol).name
         if model is not None:
             names = [v for _, v in self.models.dropdown.options]
             if model in names and model != CUSTOM:
@@ -105,7 +130,8 @@ class App:
 
     def revalidate(self) -> Verdict:
         """Check the configuration: messages under fields, Run enabled or disabled with the reason."""
-        self.verdict = check(self.session, self.models.value, self.methods.value, self.params(), bench=self.bench)
+        self.verdict = check(self.session, self.models.value, self.methods.value, self.params(),
+                             **self.spec_options())
         if self.form is not None:
             self.form.show_errors(self.verdict.field_errors)
         self.run_button.disabled = not self.verdict.can_run
@@ -123,10 +149,26 @@ class App:
         """Queue the current configuration (None, with the reason shown, when it cannot run)."""
         if not self.revalidate().can_run:
             return None
-        spec = self.session.make_spec(self.models.value, self.methods.value, self.params(), bench=self.bench)
+        spec = self.session.make_spec(self.models.value, self.methods.value, self.params(), **self.spec_options())
         return self.queue.add(spec)
 
+    def spec_options(self) -> dict[str, Any]:
+        """How the app's runs are measured: the selected protocol (and `bench` / `data` given to the app)."""
+        return {"protocol": self.protocol.value, "bench": self.bench, "data": self.data}
+
     # --- internals ------------------------------------------------------------------------
+    def _protocol_changed(self, _change: Any = None) -> None:
+        self._show_protocol()
+        self.sweeps.follow_protocol()
+        self.revalidate()  # the protocol's data sizes are validated too (a text too short for `full`)
+
+    def _show_protocol(self) -> None:
+        """What the selected protocol measures, or how the app's settings differ from it."""
+        data, bench = protocols.specs(self.protocol.value, self.data, self.bench)
+        name = protocols.name_of(data, bench)
+        text = protocols.get(name).description if name != protocols.CUSTOM else protocols.describe(data, bench)
+        self.protocol_note.value = f"<span style='color:#57606a;font-size:90%'>{html.escape(text)}</span>"
+
     def _method_changed(self) -> None:
         cls = registry.get(self.methods.value).cls
         self.form = ParamForm(cls.schema, on_change=self._guarded(self.revalidate))
@@ -143,7 +185,16 @@ class App:
         except Exception as e:  # noqa: BLE001 - a template that cannot render says so
             self.code.value = f"# no code for this configuration: {e}"
 
+    def _measured(self, _update: Any = None) -> None:
+        """A run started or reported measurements: the table now, the plots soon (never in the
+        executor's reader thread: the throttles refresh in threads of their own)."""
+        self._table_refresh()
+        self._plots_refresh()
+
     def _finished(self, result: RunResult) -> None:
+        # The final rows replace the live ones: refresh now, and drop what the throttles still owe.
+        self._table_refresh.cancel()
+        self._plots_refresh.cancel()
         self.refresh()
         self.sweeps.update(result)
 

@@ -1,16 +1,18 @@
 """The app's three ways to explore many configurations at once: a sweep file, layer sensitivity
 and the budget search (`workbench sweep`, `workbench sensitivity`, `workbench recommend`).
 
-- `SweepPanel`: sweep TOML in a text box. Check shows the plan (what is stored, what will run,
-  what is invalid and why) without starting a worker; Start sweep queues what the plan leaves to run in
-  the app's run queue, so each run has its progress line and Cancel button there, and an
-  interrupted sweep resumes from the store like the CLI's.
+- `SweepPanel`: sweep TOML in a text box; the example names the app's protocol (`protocol =
+  "quick"`) and follows the selector while it is untouched, a file keeps its own. Check shows the
+  plan (what is stored, what will run, what is invalid and why) without starting a worker; Start
+  sweep queues what the plan leaves to run in the app's run queue, so each run has its progress
+  line and Cancel button there, and an interrupted sweep resumes from the store like the CLI's.
 - `SensitivityPanel`: a method with a per-layer quantizer and its parameters (the method's own
   form); Analyse runs the analysis in a worker and shows the most sensitive layers; the heatmap
   is the "layer sensitivity" plot of the comparisons (the app's one plotly widget).
 - `RecommendPanel`: the budget (perplexity increase, weight size, decode speed); Search walks the
-  ladder in a background thread, one line per run, and Stop ends it before its next run. It shows
-  the recommendation, how it compares with the best 8-bit run, and the code to reproduce it.
+  ladder, measured with the app's protocol (`quick` by default), in a background thread, one line
+  per run, and Stop ends it before its next run. It shows the recommendation, how it compares
+  with the best 8-bit run, and the code to reproduce it.
 
 Every handler is a plain method tests call from Python; errors show in the panel, never raise
 into the kernel. Kernel-side: ipywidgets, pandas; no torch.
@@ -24,7 +26,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from .. import registry
+from .. import protocols, registry
 from ..errors import WorkbenchError
 from ..result import RunResult, label
 from .form import ParamForm
@@ -33,18 +35,14 @@ SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"  # the checkout's ex
 RED = "color:#b00020"
 
 
-def example_sweep(model: str) -> str:
-    """A small data-free sweep over three backends for `model`, to start from."""
+def example_sweep(model: str, protocol: str = protocols.APP_DEFAULT) -> str:
+    """A small data-free sweep over three backends for `model`, measured with `protocol`, to start from."""
     return f'''name = "ui sweep"
 models = ["{model}"]
+protocol = "{protocol}"  # quick, standard or full: how every run is measured
 
-[data]
-eval_windows = 4
-window = 256
-
-[bench]
+[bench]  # single fields on top of the protocol's: accuracy and memory only
 latency = false
-reload_check = false
 
 [[runs]]
 method = "rtn"
@@ -67,14 +65,16 @@ def _error_html(e: BaseException) -> str:
 class SweepPanel:
     """A sweep file's text, its plan, and Run (through the app's queue)."""
 
-    def __init__(self, session: Any, queue: Any, model: Callable[[], str | None]):
-        self.session, self.queue, self.model = session, queue, model
+    def __init__(self, session: Any, queue: Any, model: Callable[[], str | None],
+                 protocol: Callable[[], str] = lambda: protocols.APP_DEFAULT):
+        self.session, self.queue, self.model, self.protocol = session, queue, model, protocol
         files = sorted(SWEEPS_DIR.glob("*.toml")) if SWEEPS_DIR.is_dir() else []
         self.files = W.Dropdown(options=[("example for the chosen model", "")] + [(f.name, str(f)) for f in files],
                                 value="", description="start from", style={"description_width": "initial"},
                                 layout=W.Layout(width="420px"))
-        self.text = W.Textarea(value=example_sweep(model() or "tiny-llama"),
+        self.text = W.Textarea(value=example_sweep(model() or "tiny-llama", protocol()),
                                layout=W.Layout(width="100%", height="320px"))
+        self._example = self.text.value  # the example as generated: follow_protocol replaces only that
         self.check_button = W.Button(description="Check", icon="list")
         self.run_button = W.Button(description="Start sweep", icon="play", button_style="primary")
         self.retry = W.Checkbox(value=False, description="retry failed", indent=False)
@@ -89,9 +89,17 @@ class SweepPanel:
     def load(self) -> None:
         """Put the chosen file (or the example for the current model) in the text box."""
         path = self.files.value
-        self.text.value = Path(path).read_text(encoding="utf-8") if path else example_sweep(self.model() or "tiny-llama")
+        self.text.value = Path(path).read_text(encoding="utf-8") if path else \
+            example_sweep(self.model() or "tiny-llama", self.protocol())
+        self._example = None if path else self.text.value
         self.plan = None
         self.summary.value = self.plan_table.value = ""
+
+    def follow_protocol(self) -> None:
+        """The app's protocol changed: the example follows it while it is untouched (a file, or
+        text you edited, keeps its own `protocol` key)."""
+        if self._example is not None and self.text.value == self._example:
+            self.load()
 
     def check(self) -> Any:
         """Parse and plan the text (no worker starts): the summary and one line per configuration."""
@@ -220,8 +228,9 @@ class SensitivityPanel:
 class RecommendPanel:
     """The budget search for the chosen model."""
 
-    def __init__(self, session: Any, model: Callable[[], str | None], on_done: Callable[[], None]):
-        self.session, self.model, self.on_done = session, model, on_done
+    def __init__(self, session: Any, model: Callable[[], str | None], on_done: Callable[[], None],
+                 protocol: Callable[[], str] = lambda: protocols.APP_DEFAULT):
+        self.session, self.model, self.on_done, self.protocol = session, model, on_done, protocol
         style = {"description_width": "initial"}
         self.ppl = W.Text(value="10%", description="max perplexity increase", style=style)
         self.size = W.Text(value="", description="max weights (e.g. 120MB)", style=style)
@@ -242,7 +251,8 @@ class RecommendPanel:
         self.stop_button.on_click(lambda _b: self._stop.set())
         self.widget = W.VBox([W.HTML("Walks down 8, 6, 5, 4, 3 bits across backends (fast data-free runs first; "
                                      "mixed precision and data-aware methods only on a near miss) and recommends the "
-                                     "fewest weight bytes within the budget. Runs are stored and reused."),
+                                     "fewest weight bytes within the budget, every run measured with the protocol "
+                                     "chosen above the Run button. Runs are stored and reused."),
                               W.HBox([self.ppl, self.size]), W.HBox([self.speed, self.max_runs]), self.methods,
                               W.HBox([self.button, self.stop_button]), self.log, self.outcome, self.code])
 
@@ -279,8 +289,8 @@ class RecommendPanel:
         self.log.value = self.outcome.value = self.code.value = ""
         self.button.disabled, self.stop_button.disabled = True, False
         methods = [m.strip() for m in self.methods.value.split(",") if m.strip()] or None
-        self._thread = threading.Thread(target=self._search, args=(self.model(), budget, methods), daemon=True,
-                                        name="workbench-recommend")
+        self._thread = threading.Thread(target=self._search, args=(self.model(), budget, methods, self.protocol()),
+                                        daemon=True, name="workbench-recommend")
         self._thread.start()
         if wait:
             self._thread.join()
@@ -293,12 +303,12 @@ class RecommendPanel:
         self.log.value = "<pre style='white-space:pre-wrap;font-size:90%'>" + html.escape("\n".join(self._lines)) + \
             "</pre>"
 
-    def _search(self, model: str, budget: Any, methods: list[str] | None) -> None:
+    def _search(self, model: str, budget: Any, methods: list[str] | None, protocol: str | None = None) -> None:
         from ..recommend import recommend
 
         try:
             rec = recommend(self.session, model, budget, max_runs=self.max_runs.value, methods=methods, log=self._say,
-                            stop=self._stop)
+                            stop=self._stop, protocol=protocol)
             self.recommendation = rec
             self.outcome.value = outcome_html(rec)
             self.code.value = rec.code()
@@ -317,8 +327,9 @@ def outcome_html(rec: Any) -> str:
     from ..recommend import mb
 
     esc = html.escape
+    measured = f" Every run measured with the {rec.protocol} protocol." if getattr(rec, "protocol", None) else ""
     parts = [esc(f"{rec.runs} runs in {rec.seconds:.0f} s out of the {rec.space} configurations the search could "
-                 f"have run; {rec.stopped}.")]
+                 f"have run; {rec.stopped}.{measured}")]
     base = rec.baseline.metrics["perplexity"]
     closest = rec.best is None or rec.best is rec.best_int8
     if rec.best is None:

@@ -1,5 +1,7 @@
 """The run queue: runs one after the other in a background thread, each with a progress bar,
-its current stage, a Cancel button and, when it fails, its stored error one click away.
+its current stage, the numbers measured so far (they arrive stage by stage: accuracy first,
+then the latency tables, then the reload check), a Cancel button and, when it fails, its stored
+error one click away.
 
 The thread keeps the notebook responsive; the widgets are updated from it (ipywidgets sends
 value changes from any thread). `wait()` blocks until the queue is empty (tests, scripts).
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from ..exec.base import PartialUpdate
 from ..result import RunResult, RunStatus, label
 from ..session import progress_percent
 from ..spec import RunSpec
@@ -40,18 +43,30 @@ class QueueItem:
         self.show_error = W.ToggleButton(description="error", icon="exclamation-triangle",
                                          layout=W.Layout(width="90px", display="none"))
         self.error = W.HTML(layout=W.Layout(display="none"))
+        # The numbers measured so far, filled in as the worker reports each stage.
+        self.measured = W.HTML(layout=W.Layout(min_width="0"))
         self.cancel.on_click(lambda _b: on_cancel(self))
         self.show_error.observe(self._toggle_error, names="value")
         # Two lines (what runs, with its buttons; then how far it is) so that a row fits the queue's
         # half of the app: on one line the buttons were pushed out of view.
         self.widget = W.VBox([W.HBox([self.name, self.cancel, self.show_error]), W.HBox([self.bar, self.stage]),
-                              self.error], layout=W.Layout(border_bottom="1px solid #eee", padding="2px 0"))
+                              self.measured, self.error],
+                             layout=W.Layout(border_bottom="1px solid #eee", padding="2px 0"))
 
     def progress(self, stage: str, fraction: float | None, message: str) -> None:
         pct = progress_percent(stage, fraction)
         if pct is not None and pct > self.bar.value:
             self.bar.value = pct
         self.stage.value = f"<span style='color:#0b57d0'>{html.escape(stage)}</span> {html.escape(message[:60])}"
+
+    def show_measurements(self, result: RunResult) -> None:
+        """Show what `result` has measured (a running run's partial result, or the final one)."""
+        text = measurement_summary(result)
+        self.measured.value = f"<span style='font-size:90%;color:#1f2933'>{html.escape(text)}</span>" if text else ""
+
+    def partial(self, update: PartialUpdate) -> None:
+        """A stage's measurements arrived: show everything measured so far."""
+        self.show_measurements(update.result)
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -68,6 +83,7 @@ class QueueItem:
             self.bar.bar_style = "danger"
         cached = " (stored result)" if result.cached else ""
         self.stage.value = self._status_html() + cached
+        self.show_measurements(result)
         if result.error:
             self.error.value = ("<pre style='white-space:pre-wrap;max-height:240px;overflow:auto'>"
                                 f"{html.escape(result.error)}</pre>")
@@ -84,9 +100,13 @@ class QueueItem:
 class RunQueue:
     """Runs specs through `session.submit` in order, in one background thread."""
 
-    def __init__(self, session: Any, on_done: Callable[[RunResult], None] | None = None, force: bool = False):
+    def __init__(self, session: Any, on_done: Callable[[RunResult], None] | None = None, force: bool = False,
+                 on_partial: Callable[[PartialUpdate], None] | None = None):
+        """`on_done(result)` after each run; `on_partial(update)` each time a running run reports
+        measurements (from the executor's reader thread: keep it quick, or hand it on)."""
         self.session = session
         self.on_done = on_done
+        self.on_partial = on_partial
         self.force = force
         self.items: list[QueueItem] = []
         self.list = W.VBox([])
@@ -140,7 +160,8 @@ class RunQueue:
             item.set_status("running")
             t0 = time.perf_counter()
             try:
-                result = self.session.submit(item.spec, force=self.force, progress=item.progress)
+                result = self.session.submit(item.spec, force=self.force, progress=item.progress,
+                                             on_partial=lambda u, it=item: self._measured(it, u))
             except Exception as e:  # noqa: BLE001 - the queue must survive anything; the error is shown
                 result = RunResult.failure(item.spec.to_dict(), item.spec.key, RunStatus.CRASHED,
                                            f"{type(e).__name__}: {e} (after {time.perf_counter() - t0:.1f} s)")
@@ -153,4 +174,35 @@ class RunQueue:
                     item.error.value += f"<pre>refresh failed: {html.escape(repr(e))}</pre>"
 
 
-__all__ = ["QueueItem", "RunQueue"]
+    def _measured(self, item: QueueItem, update: PartialUpdate) -> None:
+        item.partial(update)
+        if self.on_partial is not None:
+            self.on_partial(update)
+
+
+# What the queue shows of a run, in the order the protocol measures it: (metric, label, scale, format).
+_SHOWN = (("weights_bytes", "weights", 2**20, "{:.1f} MB"), ("perplexity", "perplexity", 1, "{:.3f}"),
+          ("kl_div", "KL", 1, "{:.4f}"), ("top1_agreement", "top-1", 0.01, "{:.1f} %"),
+          ("embedding_cosine", "cosine", 1, "{:.5f}"), ("image_psnr_db", "PSNR", 1, "{:.2f} dB"),
+          ("forward_ms", "forward", 1, "{:.1f} ms"), ("decode_tok_s", "decode", 1, "{:.1f} tok/s"),
+          ("image_s", "image", 1, "{:.2f} s"), ("peak_rss_bytes", "peak RSS", 2**20, "{:.0f} MB"))
+_RELOADED = ("reload_perplexity", "reload_embedding_cosine", "reload_image_psnr_db", "reload_top1_agreement")
+
+
+def measurement_summary(result: RunResult) -> str:
+    """One line of what a run has measured so far: "weights 0.3 MB · perplexity 1234.567 · ...",
+    ending with the reload check once it ran ("" when nothing is measured yet)."""
+    parts = []
+    for name, text, scale, fmt in _SHOWN:
+        value = result.metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"{text} {fmt.format(value / scale)}")
+    if any(result.metrics.get(name) is not None for name in _RELOADED):
+        mismatch = result.status is RunStatus.RELOAD_MISMATCH
+        # Passed only once the worker said so: until then (or when the run died) it was measured.
+        parts.append("reload check: mismatch" if mismatch else "reload check: passed" if result.ok
+                     else "reload check: measured")
+    return " · ".join(parts)
+
+
+__all__ = ["QueueItem", "RunQueue", "measurement_summary"]

@@ -1,13 +1,17 @@
 """What the workbench shows from the store: the results table and the plotly comparisons.
 
 Both read the SQLite store, so they survive kernel restarts; `refresh()` re-reads it (the app
-calls it when a run finishes). The table is sortable and filterable through plain functions
-(`table_view`), the plots are plotly figures updated in place, shown in one FigureWidget.
+calls it when a run finishes, and through a `Throttle` while a run reports measurements: a run
+in progress shows as `running`, its cells filling in stage by stage). The table is sortable and
+filterable through plain functions (`table_view`), the plots are plotly figures updated in place,
+shown in one FigureWidget.
 
 Kernel-side: ipywidgets, pandas, plotly; no torch.
 """
 from __future__ import annotations
 
+import threading
+import time
 from copy import deepcopy
 from typing import Any, Callable
 
@@ -20,7 +24,7 @@ from .. import plots
 
 def table_view(df: pd.DataFrame, text: str = "", sort_by: str | None = None, ascending: bool = True,
                status: str = "all") -> pd.DataFrame:
-    """The summary table filtered and sorted: `text` matches the label, model or kernel
+    """The summary table filtered and sorted: `text` matches the label, model, protocol or kernel
     (case-insensitive, every word must match); `status` is "all", "succeeded" or a status."""
     table = plots.summary_table(df)
     if status == "succeeded":
@@ -28,7 +32,7 @@ def table_view(df: pd.DataFrame, text: str = "", sort_by: str | None = None, asc
     elif status != "all":
         table = table[table["status"] == status]
     for word in text.lower().split():
-        hay = (table["label"] + " " + table["model"] + " " + table["kernel"]).str.lower()
+        hay = (table["label"] + " " + table["model"] + " " + table["protocol"] + " " + table["kernel"]).str.lower()
         table = table[hay.str.contains(word, regex=False)]
     if sort_by and sort_by in table.columns:
         table = table.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable")
@@ -40,9 +44,10 @@ class ResultsView:
 
     def __init__(self, session: Any):
         self.session = session
-        self.text = W.Text(placeholder="filter: words in label, model or kernel", layout=W.Layout(width="300px"))
+        self.text = W.Text(placeholder="filter: words in label, model, protocol or kernel",
+                           layout=W.Layout(width="300px"))
         self.status = W.Dropdown(options=["all", "succeeded", "ok", "flagged", "crashed", "invalid", "unavailable",
-                                          "timeout", "oom", "cancelled", "reload_mismatch"], value="all",
+                                          "timeout", "oom", "cancelled", "reload_mismatch", "running"], value="all",
                                  description="status", layout=W.Layout(width="200px"))
         self.sort_by = W.Dropdown(options=list(plots.SUMMARY_COLUMNS), value="label", description="sort by",
                                   layout=W.Layout(width="240px"))
@@ -54,15 +59,19 @@ class ResultsView:
         self.widget = W.VBox([W.HBox([self.text, self.status, self.sort_by, self.ascending]), self.count,
                               self.table], layout=W.Layout(width="100%"))
         self.df = pd.DataFrame()
+        self._lock = threading.Lock()  # the queue's thread and a throttled refresh may both ask
         self.refresh()
 
     def refresh(self) -> None:
-        self.df = self.session.dataframe()
-        self.render()
+        """Re-read the store, runs in progress included (status `running`, what they measured so far)."""
+        with self._lock:
+            self.df = self.session.dataframe(include_live=True)
+            self.render()
 
     def render(self) -> None:
         view = table_view(self.df, self.text.value, self.sort_by.value, self.ascending.value, self.status.value)
-        self.count.value = f"{len(view)} of {len(self.df)} stored runs"
+        running = int((self.df["status"].astype(str) == "running").sum()) if "status" in self.df.columns else 0
+        self.count.value = f"{len(view)} of {len(self.df)} stored runs" + (f", {running} running" if running else "")
         self.table.value = view.to_html(index=False, na_rep="", border=0, classes="wb-results") if len(view) \
             else f"<i>{plots.NO_RUNS if not len(self.df) else 'no run matches the filter'}</i>"
 
@@ -80,13 +89,23 @@ def latest_sensitivity(session: Any) -> go.Figure:
                                      f"{label(r.method, r.params)}: perplexity increase with only that layer quantized")
 
 
-# name -> figure from the stored results. One is shown at a time (see PlotsView).
+def _done_or_running(session: Any) -> pd.DataFrame:
+    """The stored runs that succeeded, and the runs in progress: a running run shows as it measures
+    (hollow, off the Pareto front); one that failed partway stays out of the comparison."""
+    df = session.dataframe(include_live=True)
+    if not len(df):
+        return df
+    return df[df["status"].astype(str).isin((*plots.SUCCEEDED, "running"))]
+
+
+# name -> figure from the stored results and the runs in progress. One is shown at a time (see PlotsView).
 PLOTS: dict[str, Callable[[Any], go.Figure]] = {
-    "accuracy vs memory": lambda s: plots.accuracy_vs_memory(s.dataframe(), accuracy=None),
-    "latency per batch": lambda s: plots.latency_per_batch(s.results()),
-    "memory per batch": lambda s: plots.memory_per_batch(s.results()),
-    "tokens/s per length": lambda s: plots.tokens_per_s_per_length(s.results()),
-    "throughput per batch": lambda s: plots.throughput_per_batch(s.results()),
+    "accuracy vs memory": lambda s: plots.accuracy_vs_memory(_done_or_running(s), accuracy=None,
+                                                             include_partial=True),
+    "latency per batch": lambda s: plots.latency_per_batch(s.results(include_live=True)),
+    "memory per batch": lambda s: plots.memory_per_batch(s.results(include_live=True)),
+    "tokens/s per length": lambda s: plots.tokens_per_s_per_length(s.results(include_live=True)),
+    "throughput per batch": lambda s: plots.throughput_per_batch(s.results(include_live=True)),
     "layer sensitivity": latest_sensitivity,
 }
 TABLE = "benchmark table"
@@ -134,15 +153,18 @@ class PlotsView:
         self.body = W.VBox([self.figure], layout=W.Layout(width="100%"))
         self.widget = W.VBox([self.choice, self.body], layout=W.Layout(width="100%"))
         self.choice.observe(lambda _c: self.show(), names="value")
+        self._lock = threading.Lock()  # the queue's thread and a throttled refresh may both ask
         self.refresh()
 
     def refresh(self) -> None:
-        for name, make in PLOTS.items():
-            replace_figure(self.figures[name], make(self.session))
-        table = plots.generation_table(self.session.results())
-        self.generation.value = table.to_html(index=False, na_rep="", border=0) if len(table) else \
-            "<i>no prefill / decode tables yet (causal LMs with latency measured)</i>"
-        self.show()
+        """Re-read the store (runs in progress included) into every plot and the generation table."""
+        with self._lock:
+            for name, make in PLOTS.items():
+                replace_figure(self.figures[name], make(self.session))
+            table = plots.generation_table(self.session.results(include_live=True))
+            self.generation.value = table.to_html(index=False, na_rep="", border=0) if len(table) else \
+                "<i>no prefill / decode tables yet (causal LMs with latency measured)</i>"
+            self.show()
 
     def show(self) -> None:
         """Put the chosen plot (or the generation table) on screen."""
@@ -154,4 +176,82 @@ class PlotsView:
         self.body.children = [self.figure]
 
 
-__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "latest_sensitivity", "replace_figure", "table_view"]
+class Throttle:
+    """Calls `fn` in a thread of its own when asked, never more often than every `interval_s`
+    seconds: the requests that arrive meanwhile collapse into one call after the interval, so
+    the last request is always answered and a burst of them costs one call.
+
+    The app refreshes its views through two of these while runs report measurements: the
+    results table on every stage (a stage is seconds apart; `interval_s` 0 only collapses
+    requests that arrive while a refresh runs), the plots at most every few seconds (six plotly
+    figures rebuilt and sent to the browser are too much for each stage of a fast run).
+    `fn` runs outside the caller's thread: a slow refresh never holds up the executor's reader.
+    """
+
+    def __init__(self, fn: Callable[[], Any], interval_s: float = 0.0, name: str = "workbench-refresh"):
+        self.fn = fn
+        self.interval_s = interval_s
+        self.name = name
+        self.calls = 0
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self._pending = False
+        self._busy = False
+        self._last = float("-inf")
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, *_args: Any) -> None:
+        """Ask for a call (arguments are ignored: a callback's update is only the reason to refresh)."""
+        with self._cond:
+            self._pending = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Drop a request not yet answered (the caller is about to refresh itself)."""
+        with self._cond:
+            self._pending = False
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request is waiting and no call is running; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    # Idle for a while: the thread ends; the next request starts another.
+                    if not self._cond.wait(timeout=30) and not self._pending:
+                        self._thread = None
+                        return
+                wait = self._last + self.interval_s - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with self._cond:
+                if not self._pending:  # cancelled while we waited
+                    continue
+                self._pending = False
+                self._busy = True
+            try:
+                self.fn()
+            except Exception as e:  # noqa: BLE001 - a refresh that fails must not end the thread
+                self.errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                with self._cond:
+                    self.calls += 1
+                    self._busy = False
+                    self._last = time.monotonic()
+                    self._cond.notify_all()
+
+
+__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "Throttle", "latest_sensitivity", "replace_figure",
+           "table_view"]
