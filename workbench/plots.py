@@ -293,19 +293,23 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
             return "no fp32 baseline on this data" if mode == "change" else ""
         return f"{v:+.1f} %" if mode == "change" else f"{v:.4g}"
 
-    # Text on the front (and off-scale) points only. Points at the same place (an export that
-    # reproduces the baseline exactly) share one text, "baseline, ov-export", instead of two overprinted.
-    same_place: dict[Any, list[Any]] = {}
-    for i in points.index[front & ~off]:
-        same_place.setdefault((model_of[i], round(points.at[i, "_x"], 3), round(points.at[i, "_y"], 6)), []).append(i)
+    # Text on the front (and off-scale) points only, placed where it overprints no other text and no
+    # marker (`place_labels`); points that would draw on top of each other (an export that reproduces
+    # the baseline) share one text, "baseline, ov-export".
+    labelled = points.index[(front | off) & points["_x"].notna()]
     shown_text = pd.Series("", index=points.index, dtype=object)
-    for group in same_place.values():
-        names = [short[i] for i in group]
-        shown_text[group[0]] = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+    position = pd.Series("top center", index=points.index, dtype=object)
+    metric_y = pd.to_numeric(axes["metric"]["y"], errors="coerce")
+    wanted = {i: (f"{short[i]} ({fmt('metric', modes['metric'][i])}, off scale)" if off[i] else short[i])
+              for i in labelled}
+    placed = place_labels(points["_x"], metric_y, wanted, log_y=axes["metric"]["log"],
+                          y_range=axes["metric"]["range"])
+    for i, (text, where) in placed.items():
+        shown_text[i], position[i] = text, where
 
     def texts(idx: pd.Index, mode: str) -> list[str]:
-        return [f"{_esc(short[i])} ({_esc(fmt(mode, modes[mode][i]))}, off scale)" if off[i] else _esc(shown_text[i])
-                for i in idx]
+        return [f"{_esc(short[i])} ({_esc(fmt(mode, modes[mode][i]))}, off scale)" if off[i] and shown_text[i]
+                else _esc(shown_text[i]) for i in idx]
 
     # Traces, with their y (and text) in each mode: the buttons swap these in.
     traces: list[dict[str, Any]] = []
@@ -325,7 +329,8 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
                       for i, r in sub.iterrows()]
             traces.append(dict(
                 x=sub["_x"].tolist(), mode="markers+text", name=_esc(b), legendgroup=f"backend:{b}",
-                showlegend=b not in seen_backends, textposition="top center", customdata=custom, cliponaxis=False,
+                showlegend=b not in seen_backends, textposition=[position[i] for i in idx], customdata=custom,
+                cliponaxis=False,
                 marker={"color": backend_color(b), "size": [15 if is_base[i] else 11 for i in idx],
                         "symbol": [("star" if is_base[i] else "triangle-up" if off[i] else symbols[mi % len(symbols)])
                                    + ("-open" if partial[i] else "") for i in idx],
@@ -341,6 +346,12 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
             for m in modes:
                 ys[m].append(axes[m]["y"].loc[idx].tolist())
                 txt[m].append(texts(idx, m))
+    if is_base.any():  # the dotted line, in the legend: a text on it would overprint the points near it
+        traces.append(dict(x=[None], mode="lines", name="fp32 baseline", legendgroup="baseline",
+                           line={"dash": "dot", "width": 1, "color": "#1f2933"}, hoverinfo="skip"))
+        for m in modes:
+            ys[m].append([None])
+            txt[m].append([""])
     for model in models:
         idx = points.index[(model_of == model) & front].tolist()
         idx.sort(key=lambda i: points.at[i, "_x"])
@@ -376,9 +387,7 @@ def accuracy_vs_memory(df: pd.DataFrame, accuracy: str | None = "perplexity", me
             if v is None or pd.isna(v):
                 continue
             shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": v, "y1": v,
-                           "line": {"dash": "dot", "width": 1, "color": "#1f2933"},
-                           "label": {"text": _esc(f"fp32 baseline{f' ({model_of[i]})' if len(models) > 1 else ''}"),
-                                     "textposition": "end", "font": {"size": 11, "color": "#57606a"}}})
+                           "line": {"dash": "dot", "width": 1, "color": "#1f2933"}})
         out: dict[str, Any] = {"yaxis.title.text": title_text, "yaxis.type": "log" if ax["log"] else "linear",
                                "shapes": shapes}
         if ax["range"] is None:
@@ -430,6 +439,89 @@ def _off_scale(values: pd.Series, minimize: bool) -> pd.Series:
     if cand.sum() == 0 or int((~cand & values.notna()).sum()) < 2:
         return off
     return cand.fillna(False).astype(bool)
+
+
+# What `place_labels` assumes of the rendered plot: an area narrower than the app's and the report's
+# (about 1,000 and 850 px), so a placement free of overlaps there stays free when drawn wider.
+LABEL_AREA_PX = (620.0, 360.0)
+LABEL_CHAR_PX, LABEL_LINE_PX, MARKER_PX = 7.0, 15.0, 7.0
+_POSITIONS = ("top center", "bottom center", "top right", "top left", "bottom right", "bottom left",
+              "middle right", "middle left")
+
+
+def place_labels(x: pd.Series, y: pd.Series, texts: Mapping[Any, str], log_y: bool = False,
+                 y_range: Sequence[float] | None = None) -> dict[Any, tuple[str, str]]:
+    """{index: (text, plotly textposition)} for the points in `texts`, so that no text box overlaps
+    another, a marker or the plot's sides, at `LABEL_AREA_PX` (a narrow plot: wider ones only add room).
+
+    Points closer than a marker's size share one text ("a, b"); a text that fits nowhere is left
+    out (the point keeps its hover). Greedy, from the left: good enough for the handful of points
+    a Pareto front has.
+    """
+    import math
+
+    width, height = LABEL_AREA_PX
+    xs = pd.to_numeric(x, errors="coerce")
+    ys = pd.to_numeric(y, errors="coerce")
+    if log_y:
+        ys = ys.where(ys > 0).map(lambda v: math.log10(v) if pd.notna(v) else v)
+    valid = xs.notna() & ys.notna()
+    if not valid.any():
+        return {}
+    x0, x1 = float(xs[valid].min()), float(xs[valid].max())
+    if y_range is not None:
+        y0, y1 = float(y_range[0]), float(y_range[1])
+    else:
+        y0, y1 = float(ys[valid].min()), float(ys[valid].max())
+    # plotly pads an autoranged axis by about a marker on each side: so do we
+    xpad, ypad = (x1 - x0 or abs(x1) or 1.0) * 0.06, (y1 - y0 or abs(y1) or 1.0) * 0.06
+    x0, x1 = x0 - xpad, x1 + xpad
+    if y_range is None:
+        y0, y1 = y0 - ypad, y1 + ypad
+
+    def px(i: Any) -> tuple[float, float]:
+        return (float(xs[i]) - x0) / (x1 - x0) * width, (float(ys[i]) - y0) / (y1 - y0) * height
+
+    markers = [px(i) for i in xs.index[valid]]
+    groups: list[list[Any]] = []
+    for i in sorted((i for i in texts if valid.get(i, False)), key=lambda i: (px(i)[0], px(i)[1])):
+        for g in groups:
+            gx, gy = px(g[0])
+            if abs(gx - px(i)[0]) < MARKER_PX and abs(gy - px(i)[1]) < MARKER_PX:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+
+    def box(cx: float, cy: float, where: str, w: float) -> tuple[float, float, float, float]:
+        vert, horiz = where.split()
+        h, r = LABEL_LINE_PX, MARKER_PX
+        left = {"center": cx - w / 2, "right": cx + (r if vert == "middle" else 0), "left": cx - w
+                - (r if vert == "middle" else 0)}[horiz]
+        bottom = {"top": cy + r, "bottom": cy - r - h, "middle": cy - h / 2}[vert]
+        return left, bottom, left + w, bottom + h
+
+    def hits(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    taken: list[tuple[float, float, float, float]] = []
+    out: dict[Any, tuple[str, str]] = {}
+    for g in groups:
+        names = list(dict.fromkeys(texts[i] for i in g))
+        text = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+        cx, cy = px(g[0])
+        w = LABEL_CHAR_PX * len(text)
+        for where in _POSITIONS:
+            b = box(cx, cy, where, w)
+            inside = b[0] >= -MARKER_PX and b[2] <= width + MARKER_PX
+            own = {px(i) for i in g}
+            if inside and not any(hits(b, t) for t in taken) and not any(
+                    hits(b, (mx - MARKER_PX / 2, my - MARKER_PX / 2, mx + MARKER_PX / 2, my + MARKER_PX / 2))
+                    for mx, my in markers if (mx, my) not in own):
+                taken.append(b)
+                out[g[0]] = (text, where)
+                break
+    return out
 
 
 def _axis(values: pd.Series, off: pd.Series, log_ok: bool) -> dict[str, Any]:
@@ -650,7 +742,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "disk (MB)": num("disk_bytes", MB, 1),
         "peak RSS (MB)": num("peak_rss_bytes", MB, 1),
         "perplexity": num("perplexity", 1, 3),
-        "Δ perplexity (%)": (_numeric(df, "ppl_change") * 100).round(2),
+        # + 0.0 turns the -0.0 of an export that matches to the digit into 0.0
+        "Δ perplexity (%)": (_numeric(df, "ppl_change") * 100).round(2) + 0.0,
         "KL": num("kl_div", 1, 5),
         "top-1 (%)": (_numeric(df, "top1_agreement") * 100).round(2),
         "cosine": num("embedding_cosine", 1, 5),

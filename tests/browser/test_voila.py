@@ -3,12 +3,11 @@ in chromium like a person would (dropdowns, the keyboard on a slider, the Run bu
 kernel and a real worker process in the torch environment. And as Binder serves it: the same page
 through Voila's server extension at the README's urlpath, in the environment binder/start makes.
 
-WORKBENCH_UPDATE_SCREENSHOT=1 also writes the screenshot to docs/app.png (the README's).
+The README's pictures of the app and the report are taken by test_screenshots.py.
 """
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -91,11 +90,7 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring in the picture
     page.mouse.move(0, 0)
 
-    shot = tmp_path / "app.png"
-    _screenshot(page, shot)
-    if os.environ.get("WORKBENCH_UPDATE_SCREENSHOT") == "1":
-        (ROOT / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(shot, ROOT / "docs" / "app.png")
+    _screenshot(page, tmp_path / "app.png")  # kept with the test's files, for a failure's post-mortem
 
     # A new page is a new kernel, preheated before the run was stored: the table and the plot
     # must come back from the store all the same, and the old page's kernel must be shut down.

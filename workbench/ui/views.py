@@ -15,6 +15,7 @@ import time
 from copy import deepcopy
 from typing import Any, Callable
 
+import anywidget
 import ipywidgets as W
 import pandas as pd
 import plotly.graph_objects as go
@@ -130,6 +131,28 @@ def replace_figure(widget: go.Figure, fig: go.Figure) -> None:
         widget._widget_data = deepcopy(widget._data)
 
 
+class WidthWatch(anywidget.AnyWidget):
+    """An empty widget whose script tells the page's plotly figures to fit their container: it
+    watches its parent box and dispatches a window `resize` event when the box's width changes
+    (plotly's `responsive` mode listens to that event only)."""
+
+    _esm = """
+    function render({ el }) {
+      el.style.height = "0px";
+      let last = -1;
+      const fire = () => window.dispatchEvent(new Event("resize"));
+      const box = () => el.parentElement || el;
+      const check = () => { const w = Math.round(box().getBoundingClientRect().width);
+                            if (w > 0 && w !== last) { last = w; fire(); } };
+      const observer = new ResizeObserver(() => setTimeout(check, 50));
+      requestAnimationFrame(() => { observer.observe(box()); check(); });
+      const timers = [500, 2000, 5000].map((t) => setTimeout(fire, t));
+      return () => { observer.disconnect(); timers.forEach(clearTimeout); };
+    }
+    export default { render };
+    """
+
+
 class PlotsView:
     """The comparison plots, one at a time in a single FigureWidget, plus the fused-module style
     generation table; a row of buttons picks what is shown.
@@ -146,12 +169,17 @@ class PlotsView:
         self.figures: dict[str, go.Figure] = {name: go.Figure() for name in PLOTS}
         # The plot takes the page's width: no layout width (plotly autosizes to its container), and
         # column boxes at 100 % (a row Box shrinks its child to plotly's default 700 px, or less).
+        # plotly draws a FigureWidget before the page has laid it out, at its default 700 px, and
+        # autosizes again only on a window resize (with `responsive`): `WidthWatch` sends one
+        # whenever the box holding the plot changes width (first layout, a tab shown, a window).
         self.figure = go.FigureWidget(layout={"autosize": True})
+        self.figure._config = {**self.figure._config, "responsive": True}
+        self.watch = WidthWatch()
         self.generation = W.HTML(layout=W.Layout(width="100%"))
         self.choice = W.ToggleButtons(options=[*PLOTS, TABLE], value=next(iter(PLOTS)),
                                       style={"button_width": "auto"})
         self.body = W.VBox([self.figure], layout=W.Layout(width="100%"))
-        self.widget = W.VBox([self.choice, self.body], layout=W.Layout(width="100%"))
+        self.widget = W.VBox([self.choice, self.body, self.watch], layout=W.Layout(width="100%"))
         self.choice.observe(lambda _c: self.show(), names="value")
         self._lock = threading.Lock()  # the queue's thread and a throttled refresh may both ask
         self.refresh()
@@ -253,5 +281,5 @@ class Throttle:
                     self._cond.notify_all()
 
 
-__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "Throttle", "latest_sensitivity", "replace_figure",
-           "table_view"]
+__all__ = ["PLOTS", "TABLE", "PlotsView", "ResultsView", "Throttle", "WidthWatch", "latest_sensitivity",
+           "replace_figure", "table_view"]
