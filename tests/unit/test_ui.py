@@ -215,3 +215,27 @@ def test_the_app_imports_no_torch(tmp_path):
             "bad = [m for m in ('torch', 'transformers', 'openvino') if m in sys.modules]; sys.exit(1 if bad else 0)")
     env = {**os.environ, "WORKBENCH_STORE": str(tmp_path / "wb.sqlite")}
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, env=env).returncode == 0
+
+
+class PreparingExecutor:
+    """Records what an app asks to prepare; runs nothing."""
+
+    def __init__(self):
+        self.prepared: list[tuple[str, str]] = []
+
+    def prepare(self, env, model=None):
+        self.prepared.append((env, model.id))
+        return "starting"
+
+    def run(self, *_a, **_k):  # pragma: no cover - the test never runs
+        raise AssertionError("no run expected")
+
+
+def test_picking_a_method_prepares_its_environment_and_scripts_do_not(tmp_path):
+    ex = PreparingExecutor()
+    app = App(Session(store=tmp_path / "wb.sqlite", executor=ex, progress=False), prepare=True)
+    app.select(model="tiny-llama", method="ov-weight")
+    assert ("openvino", "tiny-llama") in ex.prepared
+    quiet = PreparingExecutor()
+    App(Session(store=tmp_path / "wb.sqlite", executor=quiet, progress=False)).select(method="rtn")
+    assert quiet.prepared == []  # not in a kernel: a script or a test prepares nothing

@@ -42,16 +42,30 @@ from .views import PlotsView, ResultsView, Throttle
 PLOTS_REFRESH_S = 3.0
 
 
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (a notebook, Voila)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 class App:
     """The whole workbench as one widget tree (`App().widget`)."""
 
     def __init__(self, session: Session | None = None, bench: BenchSpec | Mapping[str, Any] | None = None,
                  start_method: str | None = None, protocol: str = protocols.APP_DEFAULT,
-                 data: DataSpec | Mapping[str, Any] | None = None):
+                 data: DataSpec | Mapping[str, Any] | None = None, prepare: bool | None = None):
         """`protocol`: the selector's first value (an unknown name raises `UnknownProtocol`).
+        `prepare`: start the chosen method's prepared process (`Session.prepare`) as soon as a
+        method is picked, so the first click is forked warm; None: only inside a Jupyter kernel
+        (Voila, a notebook), where a person will click, not in a script or a test.
         `bench` / `data`: single fields changed on top of the selected protocol (a dict, e.g.
         `data={"source": "file:my.txt"}`), or complete settings used in its place (tests, classes)."""
         self.session = session or Session(progress=False)
+        self.prepare = _in_kernel() if prepare is None else prepare
         self.bench = bench
         self.data = data
         self.protocol = W.Dropdown(options=list(protocols.names()), value=protocols.get(protocol).name,
@@ -174,6 +188,16 @@ class App:
         self.form = ParamForm(cls.schema, on_change=self._guarded(self.revalidate))
         self.form_box.children = [self.form.widget]
         self.revalidate()
+        if self.prepare and self.verdict.can_run:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        """Warm the chosen method's environment now: its prepared process imports the backend
+        and loads the model while the user sets parameters (`Session.prepare` returns at once)."""
+        try:
+            self.session.prepare(self.models.value, self.methods.value)
+        except Exception:  # noqa: BLE001 - a run started cold is slower, not wrong
+            pass
 
     def _show_code(self) -> None:
         cls = registry.get(self.methods.value).cls
