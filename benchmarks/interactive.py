@@ -116,6 +116,8 @@ def clicks(model: str, repeats: int, before_repeats: int, store: Path) -> bool:
         ok &= verdict == "PASS"
         say(f"{name:<34} {med(firsts):>34} {med(walls):>34} {med(befores):>34}  "
             f"{b / f:4.0f}x / {b / w:3.1f}x sooner  {verdict}  (quantize {statistics.median(quantize):.1f} s)")
+    pool = warm.shared_pool()
+    say(f"runs started cold by the warm session (no prepared process could serve): {pool.cold_fallbacks or 'none'}")
     say(f"targets: first number <= {FIRST_NUMBER_S:.0f} s, quick run <= {QUICK_RUN_S:.0f} s "
         f"(before: the first number was the cold standard run's result)")
     return ok

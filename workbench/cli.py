@@ -198,7 +198,8 @@ def accuracy_line(result: RunResult) -> str | None:
 
 def _print_accuracy_early(update: Any) -> None:
     """`Session.submit`'s on_partial for `workbench run`: the accuracy line the moment it is measured,
-    above the progress bar (tqdm.write), while latency and the rest are still being measured."""
+    above the progress bar (tqdm.write), while latency and the rest are still being measured. On
+    stderr, with the bar: stdout stays the result alone, as a script reading it expects."""
     if update.stage != "accuracy":
         return
     line = accuracy_line(update.result)
@@ -206,7 +207,7 @@ def _print_accuracy_early(update: Any) -> None:
         return
     from tqdm import tqdm
 
-    tqdm.write(f"{line}  (latency and the rest follow)")
+    tqdm.write(f"{line}  (latency and the rest follow)", file=sys.stderr)
 
 
 def _fmt(name: str, v: Any) -> str:

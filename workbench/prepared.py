@@ -256,10 +256,41 @@ def _fork_hazards(torch: Any, allowed_native: int) -> list[str]:
     names = sorted(t.name for t in python_threads if t is not threading.main_thread() and t.name != "die-with-parent")
     if names:
         problems.append(f"Python threads running: {', '.join(names)}")
-    extra = _native_threads() - len(python_threads) - allowed_native
+    extra = _native_threads() - len(python_threads) - allowed_native - _other_openblas_threads() - _jemalloc_threads()
     if extra > 0:
-        problems.append(f"{extra} native thread(s) running beyond numpy's OpenBLAS pool (a thread pool started)")
+        problems.append(f"{extra} native thread(s) running beyond the OpenBLAS pools and jemalloc's background "
+                        "thread (a thread pool started)")
     return problems
+
+
+def _other_openblas_threads() -> int:
+    """The worker threads of OpenBLAS libraries other than numpy's (scipy bundles its own, which
+    transformers pulls in through scikit-learn where it is installed, as in the openvino family).
+    OpenBLAS starts its pool when the library loads (one thread less than its thread count) and
+    stops it in its own pthread_atfork handler, whichever copy: as safe as numpy's. Counted with
+    threadpoolctl (installed with scikit-learn); 0 without it."""
+    if "threadpoolctl" not in sys.modules and "sklearn" not in sys.modules:
+        return 0
+    try:
+        import threadpoolctl
+    except ImportError:
+        return 0
+    return sum(max(int(p.get("num_threads") or 1) - 1, 0) for p in threadpoolctl.threadpool_info()
+               if p.get("internal_api") == "openblas" and "numpy" not in str(p.get("filepath", "")))
+
+
+def _jemalloc_threads() -> int:
+    """jemalloc's background threads (pyarrow bundles jemalloc; pandas imports pyarrow): jemalloc
+    takes its locks in a pthread_atfork handler and a child starts its own background thread when
+    it needs one, so a fork is safe with them running. Found by their thread name."""
+    count = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += f.read().strip() == "jemalloc_bg_thd"
+    except OSError:
+        return 0
+    return count
 
 
 def _resident_file_ranges() -> list[tuple[int, int]]:

@@ -260,7 +260,7 @@ class Session:
 
     def prepare(self, model: str | ModelSpec, method: str = "baseline") -> str | None:
         """Start the prepared process of `method`'s environment now, warmed up with `model`, so
-        that the first run there starts warm (an app calls it when it opens). Returns at once with
+        that the first run there starts warm (the app calls it when a method is picked in a kernel). Returns at once with
         its state ("starting", "ready", "failed"), or None where runs start cold (a cold session,
         another executor, a kernel-side method, a missing environment). Never raises for those."""
         prepare = getattr(self.executor, "prepare", None)

@@ -8,8 +8,8 @@ Runs in progress live apart, in `live_runs`: one row per running run, upserted a
 measurements arrive (`put_live`), with status `running`. `append(result, live_id=...)` writes the
 final row and deletes the live one in the same transaction, so a reader sees either the running
 run or its result, never both and never neither. A live row whose coordinator is gone (a kernel
-restarted, a CLI killed with SIGKILL) is turned into a final `crashed` row that keeps its
-measurements (`reap`): on this machine when the coordinator's process no longer exists, for a row
+restarted, a CLI killed with SIGKILL) is turned into a final `cancelled` row (error "interrupted: ...") that keeps its
+measurements (`reap`; a sweep runs it again): on this machine when the coordinator's process no longer exists, for a row
 written from another machine once its deadline (the run's timeout plus a margin) has passed.
 Reaping happens when a store is opened and whenever live rows are read.
 """

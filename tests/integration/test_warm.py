@@ -21,7 +21,7 @@ from workbench.session import Session
 from workbench.spec import BenchSpec, DataSpec
 from workbench.testing import ProcessProbe, TorchFaultMethod, workers_under
 
-from ..conftest import requires_torch_env
+from ..conftest import requires_openvino_env, requires_torch_env
 
 pytestmark = requires_torch_env
 
@@ -216,3 +216,21 @@ def test_prepare_starts_the_prepared_process_the_next_run_is_forked_from(session
     pid = server()["pid"]
     assert probe(hot).metrics["ppid"] == pid  # the same environment as a run's: not replaced
     assert server()["served"] == 1 and server()["warmed_model"] == "tiny-llama"
+
+
+@requires_openvino_env
+def test_the_openvino_family_is_served_warm_and_measures_what_a_cold_run_measures(sessions):
+    """The openvino environment imports scikit-learn through transformers (scipy's own OpenBLAS
+    pool, pyarrow's jemalloc thread): its prepared process must still serve, and an ov-weight
+    run forked from it must give a cold run's numbers."""
+    hot, cold = sessions
+    spec = hot.make_spec("tiny-llama", "ov-weight", {"bits": 8}, data=DATA, bench=replace(NOTHING, accuracy=True))
+    warm_run = hot.submit(spec, force=True)
+    assert warm_run.ok, (warm_run.error, warm_run.stderr_tail)
+    ov = warm.shared_pool().servers()["openvino"]
+    assert ov["state"] == "ready" and ov["served"] == 1, ov
+    assert warm.shared_pool().cold_fallbacks.get("openvino", 0) == 0
+    cold_run = cold.submit(spec, force=True)
+    assert cold_run.ok, cold_run.error
+    assert warm_run.metrics["perplexity"] == pytest.approx(cold_run.metrics["perplexity"], rel=1e-6)
+    assert warm_run.layers_quantized == cold_run.layers_quantized > 0

@@ -305,15 +305,16 @@ def test_workbench_run_prints_the_accuracy_line_as_soon_as_it_is_measured(store_
     def spy(update):
         real(update)
         if update.stage == "accuracy":
-            lines_when["accuracy"] = capsys.readouterr().out
+            lines_when["accuracy"] = capsys.readouterr().err
     monkeypatch.setattr(cli, "_print_accuracy_early", spy)
     code = cli.main(["run", "--model", "tiny-llama", "--method", "rtn", "--param", "group_size=16"])
     assert code == 0
     early = lines_when["accuracy"]
     assert early.startswith("accuracy: perplexity 1000, kl_div 0.01, top1_agreement 0.9") and "follow" in early
     rest = capsys.readouterr().out
-    # the rest at the end, as before, and the early line only once
-    assert "decode_tok_s" in rest and not [line for line in rest.splitlines() if line.startswith("accuracy:")]
+    # stdout is the result alone, as before: it starts with the status, the early line is not repeated
+    assert rest.startswith("ok") and "decode_tok_s" in rest
+    assert not [line for line in rest.splitlines() if line.startswith("accuracy:")]
 
 
 def test_the_queue_item_shows_numbers_as_they_arrive(store_path):

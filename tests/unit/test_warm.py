@@ -148,6 +148,11 @@ def test_a_run_dies_with_its_prepared_process_and_says_so(pool, runs):
     assert proc.wait(timeout=15) == -signal.SIGKILL
     assert "died before it ended" in proc.lost
     assert any("died before it ended" in line for line in proc.stdout)
+    from workbench.exec.subprocess import _classify
+
+    # The run's error names the prepared process, not the out-of-memory killer.
+    assert _classify(proc.returncode, "", proc.lost)[1] == proc.lost
+    assert "out-of-memory" in _classify(proc.returncode, "")[1]
     assert _wait_gone([proc.pid]) == []
 
 

@@ -168,8 +168,8 @@ class SubprocessExecutor:
                 if not result.ok:
                     result.stderr_tail = text_tail
                 return result
-            return collector.keep(_failure(spec, *_classify(proc.returncode, text_tail), text_tail, started,
-                                           duration))
+            status, error = _classify(proc.returncode, text_tail, getattr(proc, "lost", None))
+            return collector.keep(_failure(spec, status, error, text_tail, started, duration))
 
 
 def _read(proc: subprocess.Popen, tail: deque[str], progress: Progress | None, last: dict,
@@ -213,7 +213,9 @@ def _how_far(last: dict) -> str:
     return f"; it had got to: {where}" + (f" ({last['message']})" if last.get("message") else "")
 
 
-def _classify(returncode: int | None, tail: str) -> tuple[RunStatus, str]:
+def _classify(returncode: int | None, tail: str, lost: str | None = None) -> tuple[RunStatus, str]:
+    if lost:  # a forked run killed because its prepared process died: not the run's memory
+        return RunStatus.CRASHED, lost
     if returncode is not None and returncode < 0:
         sig = -returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
