@@ -160,6 +160,23 @@ def test_throughput_table_rows(tiny_lm):
         assert r["generate_tok_s_min"] <= r["generate_tok_s"] <= r["generate_tok_s_max"]
 
 
+def test_the_batch_1_throughput_is_the_generation_tables_generate_not_timed_twice(tiny_lm, monkeypatch):
+    timings = {}
+    gen = latency.generation_table(tiny_lm, batch_size=1, prompt_lengths=[8], decode_tokens=4, vocab_size=VOCAB,
+                                   warmup=0, repeats=2, generate_timings=timings)
+    calls = []
+    real = latency.greedy_generate
+    monkeypatch.setattr(latency, "greedy_generate", lambda m, ids, *a: calls.append(ids.shape[0]) or real(m, ids, *a))
+    rows = latency.throughput_table(tiny_lm, batch_sizes=[1, 2], prompt_length=8, decode_tokens=4, vocab_size=VOCAB,
+                                    warmup=0, repeats=2, measured={1: timings[8]})
+    assert set(calls) == {2}  # only batch 2 was generated
+    full, mem = timings[8]
+    assert rows[0]["generate_s"] == full.median and rows[0]["peak_rss_mb"] == mem["peak_rss_mb"]
+    # the same measurement the generation row's prefill and decode split
+    assert full.median * 1e3 == pytest.approx(gen[0]["prefill_ms"] + (gen[0]["decode_ms"] or 0), rel=1e-9) \
+        or gen[0]["decode_ms"] is None
+
+
 def test_generation_table_needs_two_decode_tokens(tiny_lm):
     with pytest.raises(InvalidSpec, match="decode_tokens"):
         latency.generation_table(tiny_lm, batch_size=1, prompt_lengths=[8], decode_tokens=1, vocab_size=VOCAB,

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import warnings
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -172,6 +172,7 @@ def generation_table(
     device: str = "cpu",
     pad_token_id: int | None = 0,
     progress: Progress | None = None,
+    generate_timings: dict[int, tuple[Measurement, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Prefill and decode speed per prompt length, in the layout of the
     Transformers / AutoAWQ fused-module benchmark table.
@@ -185,6 +186,10 @@ def generation_table(
     "Decode tokens/s", "Memory (MB)" (peak RSS, or CUDA max allocated on a GPU),
     "prefill_ms", "decode_ms", the spreads ("Prefill tokens/s min"/"max",
     "Decode tokens/s min"/"max") and "note".
+
+    `generate_timings`, when given, receives {prompt length: (the D-token generate's timing, its
+    memory columns)}: the batch-1 row of `throughput_table` is that same measurement, so the
+    protocol passes it on instead of timing the same generate again.
     """
     _check_count("batch_size", batch_size, minimum=1)
     _check_sizes("prompt_lengths", prompt_lengths)
@@ -210,6 +215,8 @@ def generation_table(
                 f"{full.median * 1e3:.1f} ms, no more than prefill ({prefill.median * 1e3:.1f} ms)"
             )
         mem = _memory_columns(device)
+        if generate_timings is not None:
+            generate_timings[length] = (full, mem)
         rows.append(
             {
                 "Batch Size": batch_size,
@@ -244,9 +251,14 @@ def throughput_table(
     device: str = "cpu",
     pad_token_id: int | None = 0,
     progress: Progress | None = None,
+    measured: Mapping[int, tuple[Measurement, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """End-to-end generate throughput per batch size: B * D / (median time of a
     greedy generate of D new tokens after a prompt of `prompt_length`).
+
+    `measured`: {batch size: (timing, memory columns)} of that very generate already timed (the
+    generation table's D-token generate at batch 1, same prompt length and D): used, not timed
+    again (on a slow method the duplicate cost a quick run a third of its time).
 
     Rows: batch_size, prompt_length, decode_tokens, generate_tok_s, generate_tok_s_min,
     generate_tok_s_max, generate_s, generate_s_min, generate_s_max, peak_rss_mb
@@ -258,9 +270,14 @@ def throughput_table(
     sync = _sync_for(device)
     rows = []
     for i, bs in enumerate(batch_sizes):
-        _reset_memory(device)
-        ids, mask = random_tokens(bs, prompt_length, vocab_size, device)
-        m = time_repeats(lambda: greedy_generate(model, ids, mask, decode_tokens, pad_token_id), warmup, repeats, sync)
+        if measured is not None and bs in measured:
+            m, mem = measured[bs]
+        else:
+            _reset_memory(device)
+            ids, mask = random_tokens(bs, prompt_length, vocab_size, device)
+            m = time_repeats(lambda: greedy_generate(model, ids, mask, decode_tokens, pad_token_id), warmup, repeats,
+                             sync)
+            mem = _memory_columns(device)
         rows.append(
             {
                 "batch_size": bs,
@@ -272,7 +289,7 @@ def throughput_table(
                 "generate_s": m.median,
                 "generate_s_min": min(m.values),
                 "generate_s_max": max(m.values),
-                **_memory_columns(device),
+                **mem,
             }
         )
         if progress is not None:

@@ -282,9 +282,11 @@ def latency_tables(ctx: BuildContext, model: Any) -> Iterator[tuple[dict, dict]]
     if ctx.model_info.kind == "causal-lm":
         pad = ctx.tokenizer().pad_token_id
         ctx.progress("latency", 0.4, "prefill and decode per prompt length")
+        timings: dict = {}
         generation = latency.generation_table(
             model, batch_size=1, prompt_lengths=b.prompt_lengths, decode_tokens=b.decode_tokens,
             vocab_size=vocab, warmup=b.warmup, repeats=b.repeats, device=ctx.device, pad_token_id=pad,
+            generate_timings=timings,
         )
         # Headline numbers: batch 1 at the longest prompt length (the table holds the rest).
         metrics = {}
@@ -297,6 +299,8 @@ def latency_tables(ctx: BuildContext, model: Any) -> Iterator[tuple[dict, dict]]
             model, batch_sizes=b.generate_batch_sizes, prompt_length=b.prompt_lengths[0],
             decode_tokens=b.decode_tokens, vocab_size=vocab, warmup=b.warmup, repeats=b.repeats,
             device=ctx.device, pad_token_id=pad,
+            # batch 1 at the first prompt length is the generation table's D-token generate
+            measured={1: timings[b.prompt_lengths[0]]} if b.prompt_lengths[0] in timings else None,
         )
         yield ({"generate_tok_s": throughput[0].get("generate_tok_s")} if throughput else {}), \
             {"throughput": throughput}
