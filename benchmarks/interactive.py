@@ -1,7 +1,7 @@
 """The interactive loop of issue 20: a click's first number, a quick run, against the path before.
 
     .venv/bin/python benchmarks/interactive.py [--model smollm2-135m] [--repeats 3] [--before-repeats 3]
-        [--sections click,start,memory,demo] [--before STORE]
+        [--sections click,start,memory,demo] [--only rtn,torchao,ov-weight] [--before STORE]
 
 Sections:
 - click: for `rtn bits=3 group_size=64`, `torchao int8_weight_only` and `ov-weight bits=8`, what the
@@ -80,7 +80,8 @@ def timed_submit(session: Session, model: str, method: str, params: dict[str, An
     return (first[0] if first else wall), wall, r
 
 
-def clicks(model: str, repeats: int, before_repeats: int, store: Path) -> bool:
+def clicks(model: str, repeats: int, before_repeats: int, store: Path, only: set[str] | None = None) -> bool:
+    chosen = [(m, p) for m, p in CLICKS if not only or m in only]
     warm_session = Session(store=store, progress=False)
     cold_session = Session(store=store, progress=False, warm=False)
     for protocol in ("quick", "standard"):  # the model conversion and both fp32 references, untimed
@@ -88,8 +89,8 @@ def clicks(model: str, repeats: int, before_repeats: int, store: Path) -> bool:
                                                        bench={"latency": False, "save": False}), force=True)
         if not r.ok:
             raise SystemExit(f"the untimed baseline ({protocol}) failed: {r.error}")
-    families = {registry.get(m).cls.env for m, _ in CLICKS}
-    for method, _ in CLICKS:  # what the app does when it opens: prepared processes for the form's families
+    families = {registry.get(m).cls.env for m, _ in chosen}
+    for method, _ in chosen:  # what the app does when it opens: prepared processes for the form's families
         warm_session.prepare(model, method)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not families <= {
@@ -99,7 +100,7 @@ def clicks(model: str, repeats: int, before_repeats: int, store: Path) -> bool:
     ok = True
     say(f"{'configuration':<34} {'first number, quick warm':>34} {'quick run, warm':>34} "
         f"{'before: cold standard run':>34}")
-    for method, params in CLICKS:
+    for method, params in chosen:
         firsts, walls, befores, quantize = [], [], [], []
         for _ in range(before_repeats):
             _, wall, _ = timed_submit(cold_session, model, method, params, "standard")
@@ -144,6 +145,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure of the new path (median)")
     ap.add_argument("--before-repeats", type=int, default=3, help="runs per figure of the path before (median)")
     ap.add_argument("--sections", default="click,start,memory,demo")
+    ap.add_argument("--only", default="", help="click section: only these methods (comma-separated)")
     ap.add_argument("--before", default=None, help="the store of the demo before the change (default: the "
                                                   "runs recorded in tests/browser/demo_runs.json)")
     args = ap.parse_args()
@@ -151,7 +153,8 @@ def main() -> None:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         if "click" in sections:
-            ok &= clicks(args.model, args.repeats, args.before_repeats, Path(tmp) / "bench.sqlite")
+            ok &= clicks(args.model, args.repeats, args.before_repeats, Path(tmp) / "bench.sqlite",
+                         set(filter(None, args.only.split(","))))
         warm.shared_pool().close()  # the other benchmarks measure memory: no prepared process beside them
         if "start" in sections:
             ok &= script("worker_overhead.py", "--model", args.model, "--repeats", str(args.repeats),

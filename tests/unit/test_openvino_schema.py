@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -172,3 +173,19 @@ def test_a_calibration_file_that_is_not_there_is_refused_in_validation(tmp_path)
     assert errors({"bits": 4, "awq": True, "dataset": f"file:{missing}"}) == []
     with pytest.raises(InvalidParams, match="no such file"):
         OVStatic.schema.normalize({"dataset": f"file:{tmp_path / 'other.jsonl'}"})
+
+
+def test_a_small_ir_is_compressed_on_nncfs_numpy_path_unless_the_user_chose(tmp_path, monkeypatch):
+    from workbench.methods.openvino import weight
+
+    monkeypatch.delenv("NNCF_DISABLE_OPTIMIZED_COMPRESSION", raising=False)
+    assert weight._prefer_numpy_compression(tmp_path) is False  # no weights: nothing to decide
+    (tmp_path / "openvino_model.bin").write_bytes(b"\0" * 1024)
+    assert weight._prefer_numpy_compression(tmp_path) is True
+    assert os.environ["NNCF_DISABLE_OPTIMIZED_COMPRESSION"] == "1"
+    monkeypatch.setenv("NNCF_DISABLE_OPTIMIZED_COMPRESSION", "")  # set by the user, even empty: theirs
+    assert weight._prefer_numpy_compression(tmp_path) is False
+    assert os.environ["NNCF_DISABLE_OPTIMIZED_COMPRESSION"] == ""
+    monkeypatch.delenv("NNCF_DISABLE_OPTIMIZED_COMPRESSION")
+    monkeypatch.setattr(weight, "SMALL_IR_BYTES", 1000)
+    assert weight._prefer_numpy_compression(tmp_path) is False  # a large model keeps the compiled path
