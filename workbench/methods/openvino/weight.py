@@ -242,7 +242,7 @@ class OVWeight(OpenVINOMethod):
         config = self.quantization_config(ctx, p, str(exported.path))
         ctx.progress("quantize", None, f"NNCF weight compression ({_summary(p)})")
         # Data-free only: that is where the two paths were checked to give the same bytes.
-        numpy_path = p["dataset"] is None and _prefer_numpy_compression(Path(exported.path))
+        numpy_path = p.get("dataset") is None and _prefer_numpy_compression(Path(exported.path))
         t0 = time.perf_counter()
         model = runtime.load_ir(ctx.model_info.kind, exported.path, precision, quantization_config=config)
         quantize_s = time.perf_counter() - t0
