@@ -89,7 +89,7 @@ def test_wide_vocabulary_baseline_stays_within_weights_plus_800_mb(session):
     r = session.submit(session.make_spec(model_dir, "baseline", {}))  # the standard protocol
     assert r.status is RunStatus.OK, (r.error, r.stderr_tail)
     weights, peak = r.metrics["weights_bytes"], r.metrics["peak_rss_bytes"]
-    assert weights > 700 * 2**20
+    assert weights > 650 * 2**20  # 2 layers, hidden 640: 678 MiB of fp32 weights, most of them the embedding
     assert peak <= weights + 0.8 * 2**30, f"peak RSS {peak / 2**20:.0f} MB for {weights / 2**20:.0f} MB of weights"
     for table in ("forward", "generation", "throughput"):
         assert r.tables[table], table  # every measurement is still made
