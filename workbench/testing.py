@@ -172,6 +172,25 @@ def stored_rows(store: "os.PathLike[str] | str") -> list[tuple[str, str]]:
     raise RuntimeError(f"{store}: locked for 5 s")
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (an exited child nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids: "list[int]", timeout: float = 10.0) -> list[int]:
+    """Wait up to `timeout` seconds for every process in `pids` to end; those still alive."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
 def workers_under(folder: "os.PathLike[str] | str", prepared: bool = True) -> list[int]:
     """Worker processes started with TMPDIR in `folder` (their request files lie there): cold
     workers, prepared processes (warm starts: their pool folder lies there) and the runs forked

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -19,7 +18,7 @@ from workbench.exec import warm
 from workbench.result import RunStatus
 from workbench.session import Session
 from workbench.spec import BenchSpec, DataSpec
-from workbench.testing import ProcessProbe, TorchFaultMethod, workers_under
+from workbench.testing import ProcessProbe, TorchFaultMethod, alive, wait_gone, workers_under
 
 from ..conftest import requires_openvino_env, requires_torch_env
 
@@ -29,21 +28,6 @@ NOTHING = BenchSpec(latency=False, accuracy=False, save=False)
 DATA = DataSpec(eval_windows=2, window=64)
 LIGHT = BenchSpec(batch_sizes=(1,), prompt_lengths=(16,), decode_tokens=4, generate_batch_sizes=(1,), warmup=0,
                   repeats=1, save=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
 
 
 @pytest.fixture
@@ -64,7 +48,7 @@ def sessions(store_path, methods):
     yield hot, cold
     pids = [s["pid"] for s in warm.shared_pool().servers().values()]
     warm.shutdown()
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids, timeout=15.0) == []
 
 
 def probe(session, **bench):
@@ -137,7 +121,7 @@ def test_a_killed_prepared_process_is_replaced(sessions):
     hot, _cold = sessions
     old = probe(hot).metrics["ppid"]
     os.kill(old, signal.SIGKILL)
-    assert _wait_gone([old]) == []
+    assert wait_gone([old], timeout=15.0) == []
     found_dead = probe(hot)
     assert found_dead.metrics["ppid"] == os.getpid()  # the run that found it dead went cold
     assert warm.shared_pool().cold_fallbacks == {"torch": 1}, list(warm.shared_pool().events)
@@ -161,12 +145,12 @@ def test_cancel_kills_the_forked_runs_group(sessions):
     assert hanging.wait(60)
     [(key, proc)] = hot.executor._procs.items()  # the key of the validated (normalized) spec
     pid = proc.pid
-    assert isinstance(proc, warm.WarmProcess) and os.getpgid(pid) == pid and _alive(pid)
+    assert isinstance(proc, warm.WarmProcess) and os.getpgid(pid) == pid and alive(pid)
     assert hot.executor.cancel(key)
     t.join(30)
     assert out["r"].status is RunStatus.CANCELLED
-    assert _wait_gone([pid]) == []
-    assert _alive(server()["pid"]) and probe(hot).metrics["ppid"] == server()["pid"]
+    assert wait_gone([pid], timeout=15.0) == []
+    assert alive(server()["pid"]) and probe(hot).metrics["ppid"] == server()["pid"]
 
 
 def test_a_killed_coordinator_leaves_no_prepared_process_and_no_run(tmp_path, store_path):
@@ -194,7 +178,7 @@ def test_a_killed_coordinator_leaves_no_prepared_process_and_no_run(tmp_path, st
     finally:
         coordinator.kill()
         coordinator.wait()
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids, timeout=15.0) == []
     assert workers_under(folder) == []
 
 

@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -23,27 +22,10 @@ from workbench.exec import warm
 from workbench.exec.subprocess import SubprocessExecutor
 from workbench.session import Session
 from workbench.spec import BenchSpec, ModelSpec, RunSpec
+from workbench.testing import alive, wait_gone
 
 NOTHING = BenchSpec(latency=False, accuracy=False, save=False)
 FAULT = "workbench.testing:FaultMethod"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, timeout=10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
 
 
 @pytest.fixture
@@ -130,7 +112,7 @@ def test_a_dead_prepared_process_sends_its_run_cold_and_is_replaced(pool, runs):
     first.wait(timeout=30)
     old = pool.servers()["kernel"]["pid"]
     os.kill(old, signal.SIGKILL)
-    assert _wait_gone([old]) == []
+    assert wait_gone([old]) == []
     assert runs.spawn(pool, "exit") is None  # this run goes cold
     assert pool.cold_fallbacks == {"kernel": 1}
     again = runs.spawn(pool, "exit")  # the new one was started for the next run
@@ -153,7 +135,7 @@ def test_a_run_dies_with_its_prepared_process_and_says_so(pool, runs):
     # The run's error names the prepared process, not the out-of-memory killer.
     assert _classify(proc.returncode, "", proc.lost)[1] == proc.lost
     assert "out-of-memory" in _classify(proc.returncode, "")[1]
-    assert _wait_gone([proc.pid]) == []
+    assert wait_gone([proc.pid]) == []
 
 
 def test_a_client_that_hangs_up_takes_its_run_with_it(pool, runs):
@@ -162,7 +144,7 @@ def test_a_client_that_hangs_up_takes_its_run_with_it(pool, runs):
         if "about to hang" in line:
             break
     proc._conn.shutdown(socket.SHUT_RDWR)
-    assert _wait_gone([proc.pid]) == []
+    assert wait_gone([proc.pid]) == []
 
 
 def test_the_socket_is_private_and_only_the_worker_command_is_served(pool, runs):
@@ -200,11 +182,11 @@ def test_a_killed_coordinator_leaves_no_prepared_process_and_no_run(tmp_path):
                                    start_new_session=True)
     try:
         pids = json.loads(coordinator.stdout.readline())
-        assert _alive(pids["server"]) and _alive(pids["run"])
+        assert alive(pids["server"]) and alive(pids["run"])
     finally:
         coordinator.kill()
         coordinator.wait()
-    assert _wait_gone([pids["server"], pids["run"]]) == []
+    assert wait_gone([pids["server"], pids["run"]]) == []
 
 
 def test_the_environment_key_ignores_the_per_run_tmpdir_only():
@@ -305,7 +287,7 @@ def test_a_long_temp_folder_still_names_the_processes_of_its_coordinator(tmp_pat
         folders = [pool.folder(), Path(pool._servers["kernel"].socket).parent]
     finally:
         pool.close()
-    assert _wait_gone([proc.pid]) == []
+    assert wait_gone([proc.pid]) == []
     assert not any(f.exists() for f in folders)
 
 
@@ -322,7 +304,7 @@ def test_a_prepared_process_whose_code_changed_on_disk_is_replaced(pool, runs):
         assert pool.servers()["kernel"]["pid"] != old and pool.cold_fallbacks == {}
     finally:
         os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert _wait_gone([old]) == []
+    assert wait_gone([old]) == []
 
 
 def test_a_replaced_prepared_process_lets_its_running_runs_finish(pool, runs):
@@ -334,10 +316,10 @@ def test_a_replaced_prepared_process_lets_its_running_runs_finish(pool, runs):
     runs.env = {**runs.env, "WORKBENCH_REPLACED": "1"}  # another environment: it needs a new prepared process
     other = runs.spawn(pool, "exit")
     assert other.wait(timeout=30) == 7 and pool.servers()["kernel"]["pid"] != old
-    assert _alive(old) and _alive(hanging.pid)  # not killed under the run it forked
+    assert alive(old) and alive(hanging.pid)  # not killed under the run it forked
     os.killpg(hanging.pid, signal.SIGKILL)
     assert hanging.wait(timeout=10) == -signal.SIGKILL
-    assert _wait_gone([old]) == []  # retired once its last run ended
+    assert wait_gone([old]) == []  # retired once its last run ended
 
 
 def test_a_prepared_process_that_breaks_the_connection_is_replaced(pool, runs, tmp_path):
@@ -359,7 +341,7 @@ def test_a_prepared_process_that_breaks_the_connection_is_replaced(pool, runs, t
     threading.Thread(target=hang_up, daemon=True).start()
     assert runs.spawn(pool, "exit") is None  # cold
     assert "could not be reached" in pool.events[-1][3]
-    assert _wait_gone([old]) == []  # retired: it had no run left
+    assert wait_gone([old]) == []  # retired: it had no run left
     fake.close()
     again = runs.spawn(pool, "exit")
     assert again is not None and again.wait(timeout=30) == 7 and pool.servers()["kernel"]["pid"] != old
