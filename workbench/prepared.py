@@ -1,6 +1,6 @@
 """The prepared process: a fork server in a backend environment, from which each run is forked.
 
-    python -m workbench.worker --serve FOLDER SOCKET READY_FD IDLE_S [MODEL_JSON]
+    python -m workbench.worker --serve FOLDER SOCKET READY_FD IDLE_S [MODEL_JSON [MODULES]]
 
 Worker side (it imports torch). The kernel side (`workbench.exec.warm`) starts one per backend
 environment family, with the family's interpreter and the environment a cold worker would get.
@@ -41,10 +41,18 @@ What does not leak from the prepared process into a run:
   `_init_torch`; `OMP_NUM_THREADS` and the memory limit (RLIMIT_AS) are set by the worker's
   `_setup_process` in the child, as in a cold worker. tqdm's monitor thread is kept off during
   the warm-up and its interval restored in the child.
-- backends with global state (bitsandbytes, optimum-quanto, OpenVINO, ONNX Runtime) are not
-  imported here: each run imports its own in `Method.build`, as cold. torchao and hqq are,
-  because transformers imports them at every model load, cold or warm (they register ops and
-  classes; no threads, no device).
+- backends with global state (bitsandbytes, optimum-quanto, ONNX Runtime) are not imported
+  here: each run imports its own in `Method.build`, as cold. torchao and hqq are, because
+  transformers imports them at every model load, cold or warm (they register ops and classes;
+  no threads, no device). So are the modules a family declares (`EnvFamily.warm_imports`, a
+  comma-separated MODULES argument): OpenVINO, NNCF and optimum-intel in the openvino family,
+  whose imports take more than half of a quick ov-weight run otherwise. Their import starts no
+  native thread and creates no OpenVINO `Core` that has compiled anything (TBB's workers start
+  at the first compile, in the run); it starts one Python thread, the worker of OpenVINO's
+  telemetry sender (a `ThreadPoolExecutor`), which is shut down before listening
+  (`_stop_executor_threads`): in a run, the telemetry's later submissions are refused by the
+  shut-down executor, which the sender catches and drops. Nothing is sent from a warm run: this
+  machine is offline anyway, and a run sending usage data is nothing a measurement needs.
 - CUDA: never initialized here (`PYTORCH_NVML_BASED_CUDA_CHECK` for this process only, and a
   check before listening); the kernel side sends CUDA runs the cold way.
 - random state: torch's default generator goes back to a fresh process's seed and numpy's global
@@ -68,6 +76,7 @@ What does not leak from the prepared process into a run:
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import select
@@ -94,11 +103,12 @@ def serve(argv: list[str]) -> int:
 
     sock_path, ready_fd, idle_s = argv[1], int(argv[2]), float(argv[3])
     model = json.loads(argv[4]) if len(argv) > 4 and argv[4] else None
+    modules = [m for m in argv[5].split(",") if m] if len(argv) > 5 else []
     worker._die_with_parent()
     coordinator_fd = _pidfd(os.getppid())
     t0 = time.perf_counter()
     try:
-        prepared = _prepare(model)
+        prepared = _prepare(model, modules)
         listener = _listen(sock_path)
     except BaseException as e:  # noqa: BLE001 - any failure to prepare is told to the coordinator, which goes cold
         traceback.print_exc()
@@ -124,8 +134,9 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _prepare(model: dict | None) -> dict[str, Any]:
-    """Import what every worker imports and load `model` once; the facts the child needs."""
+def _prepare(model: dict | None, modules: list[str] | None = None) -> dict[str, Any]:
+    """Import what every worker imports and the family's `modules`, load `model` once; the facts
+    the child needs."""
     from . import worker
     from .spec import ModelSpec, RunSpec
 
@@ -153,6 +164,9 @@ def _prepare(model: dict | None) -> dict[str, Any]:
 
         from .models import loader
 
+        for name in modules or ():
+            importlib.import_module(name)
+
         spec = ModelSpec(**model) if model is not None else None
         # Only a model whose loading runs no code of its own (no remote code, no pickle).
         if spec is not None and not spec.trust_remote_code and spec.use_safetensors:
@@ -166,6 +180,7 @@ def _prepare(model: dict | None) -> dict[str, Any]:
                     warmed, warm_s = spec.id, round(time.perf_counter() - t0, 3)
             except Exception as e:  # noqa: BLE001 - the imports are prepared all the same; the run will say what is wrong
                 warm_error = f"{type(e).__name__}: {e}"[:500]
+    stopped = _stop_executor_threads()
     gc.collect()
     _malloc_trim()
     problems = _fork_hazards(torch, blas_threads)
@@ -175,6 +190,7 @@ def _prepare(model: dict | None) -> dict[str, Any]:
     return {"default_threads": default_threads, "warmed_model": warmed, "warm_up_s": warm_s,
             "warm_up_error": warm_error, "modules": len(sys.modules), "sources": _sources(),
             "resident_file_mb": round(sum(n for _, n in resident) / 2**20, 1),
+            "imported": list(modules or ()) if torch is not None else [], "threads_stopped": stopped,
             "_tqdm_interval": tqdm_interval, "_resident": resident}
 
 
@@ -206,6 +222,28 @@ def _quiet_tqdm() -> float | None:
     interval = tqdm.tqdm.monitor_interval
     tqdm.tqdm.monitor_interval = 0
     return interval
+
+
+def _stop_executor_threads(timeout_s: float = 10.0) -> list[str]:
+    """Shut down the `concurrent.futures.ThreadPoolExecutor`s whose worker threads an import
+    started (OpenVINO's telemetry sender, see the module docstring) and wait for their threads to
+    end; the names of the threads stopped. A thread still running after `timeout_s` is left to
+    `_fork_hazards`, which then refuses to serve (the runs go cold)."""
+    from concurrent.futures import thread as futures_thread
+
+    stopped = []
+    for t in threading.enumerate():
+        # The executor's worker threads run `_worker(executor_reference, ...)` (CPython 3.8+).
+        if getattr(t, "_target", None) is not futures_thread._worker:
+            continue
+        args = getattr(t, "_args", ())
+        executor = args[0]() if args and callable(args[0]) else None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        t.join(timeout_s)
+        if not t.is_alive():
+            stopped.append(t.name)
+    return stopped
 
 
 def _malloc_trim() -> None:

@@ -232,7 +232,7 @@ def reload_main(request_path: Path, out_path: Path) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = method.load_saved(ctx, params, Path(request["saved"]))
-        metrics, _ = protocol.measure_accuracy(ctx, model, reference.load_reference(spec.model, spec.data))
+        metrics, _ = protocol.measure_accuracy(ctx, model, reference.load_reference(spec.model, spec.data), keep=1)
     write_atomic(out_path, json.dumps(metrics))
     return 0
 

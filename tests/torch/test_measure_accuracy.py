@@ -91,6 +91,20 @@ def test_kl_with_the_whole_vocabulary_is_the_full_kl(tiny_lm, perturbed_lm, wind
     assert metrics["top1_agreement"] < 1.0
 
 
+def test_keep_returns_the_leading_columns_and_leaves_the_metrics_as_they_are(tiny_lm, perturbed_lm, windows):
+    # A run that is not the reference keeps its top-1 only (the task metric reads it): the KL and
+    # top-1 agreement against the reference's top-k must not change with it.
+    _, ref = accuracy.causal_lm_eval(tiny_lm, windows, None, topk=10)
+    full, own_full = accuracy.causal_lm_eval(perturbed_lm, windows, ref, topk=10)
+    kept, own_kept = accuracy.causal_lm_eval(perturbed_lm, windows, ref, topk=10, keep=1)
+    assert kept == full
+    assert own_kept["topk_idx"].shape == own_kept["topk_logp"].shape == (96, 1)
+    assert torch.equal(own_kept["topk_idx"], own_full["topk_idx"][:, :1])
+    assert torch.equal(own_kept["topk_logp"], own_full["topk_logp"][:, :1])
+    with pytest.raises(DataError, match="keep"):
+        accuracy.causal_lm_eval(perturbed_lm, windows, ref, keep=0)
+
+
 def test_kl_with_few_tokens_is_a_lower_bound(tiny_lm, perturbed_lm, windows):
     _, whole = accuracy.causal_lm_eval(tiny_lm, windows, None, topk=VOCAB)
     full_kl, _ = accuracy.causal_lm_eval(perturbed_lm, windows, whole)

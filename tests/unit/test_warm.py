@@ -13,6 +13,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -345,3 +347,33 @@ def test_a_prepared_process_that_breaks_the_connection_is_replaced(pool, runs, t
     fake.close()
     again = runs.spawn(pool, "exit")
     assert again is not None and again.wait(timeout=30) == 7 and pool.servers()["kernel"]["pid"] != old
+
+
+def test_executor_threads_an_import_started_are_stopped_and_later_submissions_refused():
+    # OpenVINO's telemetry sender starts a ThreadPoolExecutor worker at import: the prepared
+    # process shuts such executors down before it forks runs (a thread alive at fork is a lock
+    # the child may never get); the sender catches the refusal of its later submissions.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workbench import prepared
+
+    executor = ThreadPoolExecutor(thread_name_prefix="import-started")
+    assert executor.submit(lambda: 41 + 1).result(timeout=10) == 42
+    other = threading.Thread(target=time.sleep, args=(0.01,), name="not-an-executor")
+    other.start()
+    stopped = prepared._stop_executor_threads(timeout_s=10)
+    other.join()
+    assert stopped and all(name.startswith("import-started") for name in stopped)
+    assert not any(t.name.startswith("import-started") for t in threading.enumerate())
+    with pytest.raises(RuntimeError, match="shutdown"):
+        executor.submit(lambda: None)
+
+
+def test_the_openvino_family_prepares_its_backend_imports_and_the_server_is_told():
+    from workbench.envs import manager
+
+    assert manager.FAMILIES["openvino"].warm_imports == ("openvino", "nncf", "optimum.intel.openvino")
+    # Families whose backends hold global state are imported by each run (the module docstring).
+    assert manager.FAMILIES["torch"].warm_imports == ()
+    assert warm._warm_imports("openvino") == ("openvino", "nncf", "optimum.intel.openvino")
+    assert warm._warm_imports("kernel") == ()

@@ -45,6 +45,11 @@ class EnvFamily:
     # A module run as `python -m PROBE OUT.json` in the new environment: it records what the
     # installed libraries accept (read by method schemas in the kernel, without importing them).
     probe: str | None = None
+    # Backend modules the family's prepared process imports before it forks runs
+    # (`workbench.prepared`), besides torch and transformers: only modules whose import leaves no
+    # device initialized and no thread but a thread pool executor that can be shut down. What is
+    # not listed, each run imports itself, as a cold worker does.
+    warm_imports: tuple[str, ...] = ()
 
     @property
     def requirements(self) -> Path:
@@ -74,6 +79,8 @@ FAMILIES: dict[str, EnvFamily] = {
         "Optimum Intel 2.2: OpenVINO runtime and NNCF weight/static/hybrid quantization; transformers 5.5",
         "import torch, transformers, openvino, nncf, optimum.intel; from optimum.intel import OVModelForCausalLM",
         probe="workbench.methods.openvino.probe",
+        # 5 to 10 s of imports on two cores, more than half of a quick ov-weight run's first number.
+        warm_imports=("openvino", "nncf", "optimum.intel.openvino"),
     ),
     "onnx": EnvFamily(
         "onnx",

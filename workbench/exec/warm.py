@@ -44,6 +44,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from ..envs import manager
+
 READY_TIMEOUT_S = 300.0
 IDLE_TIMEOUT_S = 1800.0
 RETRY_AFTER_S = 300.0
@@ -195,6 +197,12 @@ class _Gone(Exception):
     """The prepared process cannot be reached (it died)."""
 
 
+def _warm_imports(family: str) -> tuple[str, ...]:
+    """The backend modules the family's prepared process imports (`EnvFamily.warm_imports`)."""
+    known = manager.FAMILIES.get(family)
+    return known.warm_imports if known is not None else ()
+
+
 class _Server:
     """The coordinator's record of one prepared process."""
 
@@ -225,7 +233,8 @@ class _Server:
                     # The folder is in the command line (which its forked runs share) so that the
                     # processes of a coordinator can be found by its TMPDIR (testing.workers_under).
                     [python, "-m", "workbench.worker", "--serve", str(folder), self.socket, str(write_fd),
-                     f"{idle_timeout_s:g}", json.dumps(dict(model)) if model else ""],
+                     f"{idle_timeout_s:g}", json.dumps(dict(model)) if model else "",
+                     ",".join(_warm_imports(family))],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env,
                     pass_fds=(write_fd,), start_new_session=True,
                 )

@@ -47,7 +47,7 @@ def analyse(ctx: Any, method: Any, params: dict) -> tuple[dict, list[dict], list
     windows = splits.eval_windows(ctx.tokenizer(), ctx.spec.data)
 
     def perplexity() -> float:
-        metrics, _ = accuracy.causal_lm_eval(model, windows, None, device=ctx.device)
+        metrics, _ = accuracy.causal_lm_eval(model, windows, None, device=ctx.device, keep=1)
         return float(metrics["perplexity"])
 
     base = perplexity()
