@@ -213,9 +213,11 @@ def test_the_openvino_family_is_served_warm_and_measures_what_a_cold_run_measure
     assert warm_run.ok, (warm_run.error, warm_run.stderr_tail)
     ov = warm.shared_pool().servers()["openvino"]
     assert ov["state"] == "ready" and ov["served"] == 1, ov
-    # OpenVINO, NNCF and optimum-intel imported before the fork, the telemetry's thread stopped.
+    # OpenVINO, NNCF and optimum-intel imported before the fork. Whether OpenVINO's telemetry
+    # starts its sender thread depends on the machine (its consent file, CI variables): when it
+    # did, it was stopped ("ready" means no other thread was left running at fork).
     assert ov["imported"] == ["openvino", "nncf", "optimum.intel.openvino"], ov
-    assert any(name.startswith("ThreadPoolExecutor") for name in ov["threads_stopped"]), ov
+    assert all(name.startswith("ThreadPoolExecutor") for name in ov["threads_stopped"]), ov
     assert warm.shared_pool().cold_fallbacks.get("openvino", 0) == 0
     cold_run = cold.submit(spec, force=True)
     assert cold_run.ok, cold_run.error
