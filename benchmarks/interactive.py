@@ -161,7 +161,7 @@ def main() -> None:
                          "--sections", "start") == 0
         if "memory" in sections or "demo" in sections:
             extra = ["--demo", "--before", args.before or str(demo_store(Path(tmp)))] if "demo" in sections else []
-            script("memory.py", *([] if "memory" in sections else ["--no-wide"]), *extra)
+            ok &= script("memory.py", *([] if "memory" in sections else ["--no-wide"]), *extra) == 0
     say(f"\nload average: {os.getloadavg()[0]:.2f} (2 cores)")
     raise SystemExit(0 if ok else 1)
 
