@@ -468,10 +468,10 @@ def cmd_results(args: argparse.Namespace) -> int:
             wanted = protocols.get(wanted).name
         results = [r for r in results if r.to_row()["protocol"] == wanted]
     if args.format in ("json", "csv"):
-        from .baselines import COLUMNS, against_baseline
-        from .plots import results_frame
+        from .baselines import COLUMNS
+        from .report import results_table
 
-        frame = against_baseline(results_frame(results))
+        frame = results_table(results)
         if args.format == "csv":
             frame.to_csv(sys.stdout, index=False)
             return EXIT_OK

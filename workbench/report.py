@@ -83,6 +83,14 @@ def build_report(results: Sequence[RunResult], title: str = "Quantization Workbe
     )
 
 
+def results_table(results: Sequence[RunResult]) -> pd.DataFrame:
+    """One row per run, each compared with its model's fp32 baseline: what `workbench results
+    --format csv` prints and the app's "Download runs (CSV)" saves."""
+    from .baselines import against_baseline
+
+    return against_baseline(plots.results_frame(list(results)))
+
+
 def write_report(results: Sequence[RunResult], path: str | Path, title: str = "Quantization Workbench report") -> Path:
     """Write `build_report(results, title)` to `path` (parents created); returns the path."""
     path = Path(path)

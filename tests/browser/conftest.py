@@ -145,6 +145,8 @@ class PageWatch:
         self.console: list[str] = []
         self.outside: list[str] = []
         self.port = urlsplit(base_url).port  # the server under test; any other is off limits too
+        # A page opened from a file (a downloaded report) may read files; a served page may not.
+        self.files = urlsplit(base_url).scheme == "file"
         self.expected_outside = expected_outside
         page.on("pageerror", lambda e: self.errors.append(f"{e}\n{getattr(e, 'stack', '')}"))
         page.on("console", self._console)
@@ -160,7 +162,7 @@ class PageWatch:
 
     def _check(self, url: str) -> bool:
         parts = urlsplit(url)
-        if parts.scheme in ("data", "blob", "about"):
+        if parts.scheme in ("data", "blob", "about") or (parts.scheme == "file" and self.files):
             return True
         if parts.hostname == "127.0.0.1" and parts.port == self.port:
             return True

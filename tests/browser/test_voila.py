@@ -91,6 +91,7 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     page.mouse.move(0, 0)
 
     _screenshot(page, tmp_path / "app.png")  # kept with the test's files, for a failure's post-mortem
+    _take_results_home(page, new_page, tmp_path)
 
     # A new page is a new kernel, preheated before the run was stored: the table and the plot
     # must come back from the store all the same, and the old page's kernel must be shut down.
@@ -101,6 +102,30 @@ def test_pick_set_run_and_see_the_result_in_the_table_and_the_plot(new_page, voi
     expect(page.locator("table.wb-results tbody tr", has_text="rtn bits=6")).to_be_visible()
     expect(_point(page)).to_be_visible(timeout=60_000)
     _assert_gone(page, f"{voila}/api/kernels/{first_kernel}")
+    watch.assert_clean()
+
+
+def _take_results_home(page, new_page, tmp_path) -> None:
+    """The Download buttons save the report and the CSV through the browser (a widget message, a
+    Blob); the report opens from the file with nothing off the machine and lists the run."""
+    from playwright.sync_api import expect
+
+    saved = {}
+    for name, suffix in (("Download report (HTML)", ".html"), ("Download table (CSV)", ".csv")):
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name=name).click()
+        path = tmp_path / f"downloaded{suffix}"
+        download.value.save_as(path)
+        assert download.value.suggested_filename.endswith(suffix), download.value.suggested_filename
+        saved[suffix] = path
+    expect(page.locator(".wb-download")).to_contain_text(".csv")
+    csv = saved[".csv"].read_text().splitlines()
+    assert len(csv) == 2 and "rtn bits=6" in csv[1], csv
+
+    report, watch = new_page(saved[".html"].as_uri())
+    report.goto(saved[".html"].as_uri())
+    expect(report.locator("table", has_text="rtn bits=6").first).to_be_visible()
+    expect(report.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
     watch.assert_clean()
 
 

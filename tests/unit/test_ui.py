@@ -3,7 +3,11 @@ Run enabled or disabled with the reason, the results table and plots read from t
 No worker runs here (tests/integration/test_ui.py runs them)."""
 from __future__ import annotations
 
+import io
+
 import ipywidgets as W
+import pandas as pd
+import plotly.offline
 import pytest
 
 from workbench import registry
@@ -195,6 +199,38 @@ def test_the_results_table_compares_each_run_with_its_baseline(session):
     assert view["label"].tolist() == ["baseline", "rtn"]
     assert view["Δ perplexity (%)"].tolist() == [0.0, 10.0] and view["× baseline"].tolist() == [1.0, 1.5]
     assert "Δ perplexity (%)" in app.results.table.value and "<td>10.0</td>" in app.results.table.value
+
+
+def test_download_saves_the_report_and_the_csv_of_the_stored_runs(session, monkeypatch):
+    """The Download buttons build their file in the kernel when clicked and send it to the page as
+    one binary buffer (no URL, no server route); with nothing stored they say so, nothing raises."""
+    app = App(session)
+    sent = []
+    for button in (app.download.report, app.download.csv):
+        monkeypatch.setattr(button, "send", lambda content, buffers=None: sent.append((content, buffers)))
+    app.download.report._clicked(None, {"event": "click"}, [])
+    assert sent[-1] == ({"event": "failed"}, None)
+    assert "no stored runs yet" in app.download.note.value
+
+    for r in (_result("1", "rtn", perplexity=11.0, weights_bytes=2e6),
+              _result("2", "baseline", perplexity=10.0, weights_bytes=8e6), _result("3", "hqq", status="crashed")):
+        session.store.append(r)
+    app.download.report._clicked(None, {"event": "click"}, [])
+    content, buffers = sent[-1]
+    assert content["event"] == "file" and content["mime"] == "text/html"
+    assert content["filename"].startswith("workbench-report-") and content["filename"].endswith(".html")
+    page = buffers[0].decode()
+    assert plotly.offline.get_plotlyjs() in page and '<script src="http' not in page  # opens offline
+    assert "rtn" in page and "boom" in page  # the ok runs and the failed one with its error
+    assert content["filename"] in app.download.note.value
+
+    app.download.csv._clicked(None, {"event": "click"}, [])
+    content, buffers = sent[-1]
+    assert content["mime"] == "text/csv" and content["filename"].endswith(".csv")
+    frame = pd.read_csv(io.BytesIO(buffers[0]))
+    assert sorted(frame["label"]) == ["baseline", "hqq", "rtn"]
+    rtn = frame.set_index("label").loc["rtn"]
+    assert rtn["perplexity"] == 11.0 and rtn["ppl_change"] == pytest.approx(0.1)
 
 
 def test_a_failing_handler_is_shown_not_raised(app, monkeypatch):

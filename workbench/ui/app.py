@@ -3,7 +3,8 @@
     from workbench.ui import App
     App().widget            # in a notebook (Voila serves the same)
 
-Under the results and the plots, three tabs explore many configurations at once (`explore.py`):
+Under the results, two buttons save the report (HTML, opens offline) and the runs (CSV)
+(`download.py`); under the plots, three tabs explore many configurations at once (`explore.py`):
 a sweep file, layer sensitivity, and the budget search.
 
 Every handler is a plain method that tests call from Python: `select(model=..., method=...,
@@ -31,6 +32,7 @@ from ..result import RunResult
 from ..session import Session
 from ..spec import BenchSpec, DataSpec
 from .check import Verdict, check
+from .download import DownloadPanel
 from .form import ParamForm
 from .pickers import CUSTOM, MethodPicker, ModelPicker
 from .queue import QueueItem, RunQueue
@@ -83,6 +85,7 @@ class App:
         self.code = W.Textarea(layout=W.Layout(width="100%", height="180px"), disabled=True)
         self.code_box = W.Accordion(children=[self.code], titles=("show code: the plain backend code",))
         self.results = ResultsView(self.session)
+        self.download = DownloadPanel(self.session)
         self.plots = PlotsView(self.session)
         # A running run's measurements fill the table and the plots as they arrive (views.Throttle).
         self._table_refresh = Throttle(self._guarded(self.results.refresh), 0.0, "workbench-table")
@@ -111,7 +114,7 @@ class App:
                        self.code_box], layout=W.Layout(width="52%"))
         right = W.VBox([self.queue.widget], layout=W.Layout(width="46%"))
         self.widget = W.VBox([W.HBox([left, right]), self.errors, W.HTML("<h3>Results</h3>"),
-                              self.results.widget, W.HTML("<h3>Comparisons</h3>"), self.plots.widget,
+                              self.results.widget, self.download.widget, W.HTML("<h3>Comparisons</h3>"), self.plots.widget,
                               W.HTML("<h3>Many configurations: sweeps, layer sensitivity, budget search</h3>"),
                               self.explore])
         if os.environ.get("VOILA_PREHEAT") == "True":
