@@ -36,8 +36,10 @@ class FaultMethod(Method):
     description = "Fails on purpose: segfault, kill, hang, oom, raise, exit. For executor tests."
     quantizes = False
     schema = Schema((
-        Param("mode", "choice", "raise", choices=("segfault", "kill", "hang", "oom", "raise", "exit", "noisy")),
+        Param("mode", "choice", "raise",
+              choices=("segfault", "kill", "hang", "oom", "grow", "raise", "exit", "noisy")),
         Param("seconds", "float", 60.0, minimum=0.0, maximum=3600.0, visible_when={"mode": "hang"}),
+        Param("megabytes", "int", 2048, minimum=1, maximum=65536, visible_when={"mode": "grow"}),
     ))
 
     def is_reference(self, params: Mapping[str, Any]) -> bool:
@@ -60,6 +62,13 @@ class FaultMethod(Method):
             hog = []
             while True:  # grows until the worker's memory limit raises MemoryError
                 hog.append(bytearray(64 * 2**20))
+        elif mode == "grow":
+            # Resident memory that grows steadily (every page written), as a model's activations
+            # do, up to `megabytes`: what the executor's memory watch must stop in time.
+            hog = []
+            for _ in range(params["megabytes"] // 16):
+                hog.append(bytearray(b"\1" * (16 * 2**20)))
+                time.sleep(0.01)
         elif mode == "exit":
             os._exit(7)
         elif mode == "noisy":  # a backend that warns and logs on every call, like bitsandbytes' cast warning

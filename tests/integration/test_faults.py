@@ -1,13 +1,19 @@
 """A worker that segfaults, is killed, hangs or runs out of memory costs one stored failed run."""
+import os
 import tempfile
+from dataclasses import replace
 
 import pytest
 
+from workbench.exec import memory_budget
 from workbench.result import RunStatus
 from workbench.session import Session
-from workbench.spec import BenchSpec
+from workbench.spec import BenchSpec, DataSpec
+
+from ..conftest import requires_torch_env
 
 QUICK = BenchSpec(latency=False, accuracy=False, save=False)
+TINY_DATA = DataSpec(eval_windows=2, window=64)
 
 
 @pytest.fixture
@@ -76,3 +82,26 @@ def test_flooding_warnings_and_logs_are_stored_once_with_counts(session):
     assert "UserWarning: casting on call (step 0) (x1000)" in r.warnings
     assert "log noisy.backend: slow path taken for this call (x1000)" in r.warnings
     assert len(r.warnings) == 2
+
+
+@requires_torch_env
+def test_a_worker_over_the_containers_memory_budget_is_stored_as_oom_and_the_next_run_succeeds(
+        store_path, fault_method, monkeypatch):
+    """With a container limit (WORKBENCH_MEMORY_LIMIT_MB here; MEM_LIMIT on Binder) each worker is
+    watched against its share: one that keeps growing is stopped and stored as `oom` with the limit
+    it hit, the session lives on, and the next run completes within the share."""
+    held = memory_budget.tree_rss(os.getpid())
+    share_mb = 1100
+    monkeypatch.setenv("WORKBENCH_MEMORY_LIMIT_MB",
+                       str(int(held / memory_budget.MB) + memory_budget.SERVER_RESERVE_MB + share_mb))
+    session = Session(store=store_path, progress=False, warm=False)
+    grown = run(session, "grow", params={"megabytes": 6000})
+    assert grown.status is RunStatus.OOM, (grown.status, grown.error)
+    assert "was stopped" in grown.error and "set by WORKBENCH_MEMORY_LIMIT_MB" in grown.error, grown.error
+    assert "it had got to: build" in grown.error
+    assert session.store.results(latest_only=False)[-1].status is RunStatus.OOM
+
+    ok = session.submit(session.make_spec("tiny-llama", "baseline", {}, bench=replace(QUICK, accuracy=True),
+                                          data=TINY_DATA))
+    assert ok.ok, ok.error
+    assert 0 < ok.metrics["peak_rss_bytes"] <= (share_mb + 64) * memory_budget.MB

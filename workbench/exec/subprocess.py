@@ -22,7 +22,7 @@ from pathlib import Path
 from ..envs import manager as envs
 from ..result import RunResult, RunStatus
 from ..spec import ModelSpec, RunSpec
-from . import warm
+from . import memory_budget, warm
 from .base import Partial, PartialCollector, Progress
 from .warm import WarmProcess
 
@@ -39,9 +39,13 @@ class SubprocessExecutor:
     (or with `warm=False`) the worker starts cold.
     """
 
-    def __init__(self, default_timeout_s: float = DEFAULT_TIMEOUT_S, warm: bool = False):
+    def __init__(self, default_timeout_s: float = DEFAULT_TIMEOUT_S, warm: bool = False,
+                 budget: "memory_budget.Budget | None | bool" = True):
+        """`budget`: the memory limit workers are watched against (`exec.memory_budget`); True
+        (the default) reads it from `MEM_LIMIT` / `WORKBENCH_MEMORY_LIMIT_MB` now, None: none."""
         self.default_timeout_s = default_timeout_s
         self.warm = warm
+        self.budget = memory_budget.budget() if budget is True else (budget or None)
         self._starting: set[str] = set()  # keys whose worker is being started (a cancel then kills it at once)
         self._procs: dict[str, subprocess.Popen] = {}
         self._cancelled: set[str] = set()
@@ -138,8 +142,12 @@ class SubprocessExecutor:
             reader = threading.Thread(target=_read, args=(proc, tail, progress, last, collector), daemon=True)
             reader.start()
             timed_out = False
+            over: str | None = None  # why the memory watch stopped the worker
             try:
-                proc.wait(timeout=timeout)
+                if self.budget is None:
+                    proc.wait(timeout=timeout)
+                else:
+                    over = _wait_within(proc, timeout, self.budget)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _kill_group(proc)
@@ -158,6 +166,9 @@ class SubprocessExecutor:
             if cancelled:
                 return collector.keep(_failure(spec, RunStatus.CANCELLED, "cancelled by the user" + _how_far(last),
                                                text_tail, started, duration))
+            if over is not None:
+                return collector.keep(_failure(spec, RunStatus.OOM, over + _how_far(last), text_tail, started,
+                                               duration))
             if timed_out:
                 return collector.keep(_failure(
                     spec, RunStatus.TIMEOUT,
@@ -168,7 +179,7 @@ class SubprocessExecutor:
                 if not result.ok:
                     result.stderr_tail = text_tail
                 return result
-            status, error = _classify(proc.returncode, text_tail, getattr(proc, "lost", None))
+            status, error = _classify(proc.returncode, text_tail, getattr(proc, "lost", None), self.budget)
             return collector.keep(_failure(spec, status, error, text_tail, started, duration))
 
 
@@ -213,12 +224,41 @@ def _how_far(last: dict) -> str:
     return f"; it had got to: {where}" + (f" ({last['message']})" if last.get("message") else "")
 
 
-def _classify(returncode: int | None, tail: str, lost: str | None = None) -> tuple[RunStatus, str]:
+def _wait_within(proc: "subprocess.Popen | WarmProcess", timeout: float | None,
+                 budget: memory_budget.Budget) -> str | None:
+    """Wait for the worker like `proc.wait(timeout)` (TimeoutExpired past it), looking at its
+    process group's resident memory every POLL_S: over the worker's share of the budget, it is
+    killed; the reason, or None when it ended by itself."""
+    limit = budget.worker_bytes(exclude=proc.pid)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = memory_budget.POLL_S if deadline is None else min(memory_budget.POLL_S, deadline - time.monotonic())
+        try:
+            proc.wait(timeout=max(wait, 0.0))
+            return None
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        used = memory_budget.group_rss(proc.pid)
+        if used > limit:
+            _kill_group(proc)
+            proc.wait()
+            return (f"the worker reached {used / memory_budget.MB:.0f} MB of resident memory and was stopped: "
+                    f"{budget.describe(limit)}")
+
+
+def _classify(returncode: int | None, tail: str, lost: str | None = None,
+              budget: memory_budget.Budget | None = None) -> tuple[RunStatus, str]:
     if lost:  # a forked run killed because its prepared process died: not the run's memory
         return RunStatus.CRASHED, lost
     if returncode is not None and returncode < 0:
         sig = -returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        if sig == signal.SIGKILL and budget is not None:
+            # Under a container limit the out-of-memory killer is what sends SIGKILL to a worker.
+            return RunStatus.OOM, (f"the worker was killed by SIGKILL: the container's out-of-memory killer, "
+                                   f"its {budget.total_bytes / memory_budget.MB:.0f} MB limit set by "
+                                   f"{budget.source} reached between two looks at its memory")
         if sig == signal.SIGKILL:
             return RunStatus.CRASHED, (
                 "the worker was killed by SIGKILL (the kernel's out-of-memory killer sends it when memory runs out)"

@@ -1,0 +1,44 @@
+"""The memory budget of a limited container (MEM_LIMIT, WORKBENCH_MEMORY_LIMIT_MB): which limit
+applies, and the worker's share of it, measured on this process tree."""
+import os
+import subprocess
+import sys
+
+from workbench.exec import memory_budget
+from workbench.exec.memory_budget import MB, Budget, budget
+
+
+def test_the_limit_comes_from_mem_limit_or_the_workbench_variable_which_wins():
+    assert budget({}) is None
+    assert budget({"MEM_LIMIT": "2147483648"}) == Budget(2 * 2**30, "MEM_LIMIT")
+    assert budget({"MEM_LIMIT": "2147483648", "WORKBENCH_MEMORY_LIMIT_MB": "1500"}) == \
+        Budget(1500 * MB, "WORKBENCH_MEMORY_LIMIT_MB")
+    # Nonsense is no limit (as if unset), not a worker that may use 0 bytes.
+    for bad in ("", "0", "-5", "two gigabytes"):
+        assert budget({"MEM_LIMIT": bad}) is None and budget({"WORKBENCH_MEMORY_LIMIT_MB": bad}) is None
+
+
+def test_the_worker_gets_the_limit_less_this_process_tree_and_the_server_reserve():
+    held = memory_budget.tree_rss(os.getpid())
+    assert held >= memory_budget.rss(os.getpid()) > 20 * MB  # this interpreter with pytest imported
+    b = Budget(4096 * MB, "MEM_LIMIT")
+    share = b.worker_bytes()
+    expected = 4096 * MB - held - memory_budget.SERVER_RESERVE_MB * MB
+    assert abs(share - expected) < 64 * MB  # RSS moves a little between the two looks
+    # A child that holds memory is the coordinator's (a prepared process) unless it is the worker.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(b'1' * 300 * 2**20); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if memory_budget.rss(child.pid) > 290 * MB:
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert memory_budget.group_rss(os.getpgid(child.pid)) >= memory_budget.rss(child.pid) > 290 * MB
+        with_child, without = b.worker_bytes(), b.worker_bytes(exclude=child.pid)
+        assert without - with_child > 250 * MB
+        assert "for the worker, of the 4096 MB limit set by MEM_LIMIT" in b.describe(without)
+    finally:
+        child.kill()
+        child.wait()
+    # Never less than what a worker needs to start at all.
+    assert Budget(100 * MB, "MEM_LIMIT").worker_bytes() == memory_budget.MIN_WORKER_MB * MB

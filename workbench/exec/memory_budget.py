@@ -1,0 +1,117 @@
+"""The memory a worker may use when the machine's memory is limited (a Binder container).
+
+mybinder.org runs a session in a container of at most 2 GB and says so in `MEM_LIMIT` (bytes, set
+by JupyterHub); `WORKBENCH_MEMORY_LIMIT_MB` says the same in MiB anywhere else and wins. When the
+container goes over, the kernel's out-of-memory killer takes a process of its choosing, possibly
+the notebook kernel with the visitor's session. So, with a limit set, the executor watches each
+worker's resident memory (its whole process group: the reference subprocess too) and stops the
+run before the container is full; the run is stored as `oom` with the limit it hit, and the
+session lives on.
+
+How the worker's share is chosen, at the start of each run: the limit, less what the coordinating
+process and its other children hold right now (the kernel, the prepared processes of warm starts),
+less `SERVER_RESERVE_MB` for what is outside this process tree (the Jupyter or Voila server, about
+100-150 MB measured, and the page cache the container's accounting may count). The figure is
+measured, not guessed, so a kernel that grew with many plots leaves the worker less.
+
+RSS is polled (`POLL_S`): a run that allocates faster than that between two looks can still reach
+the container's own limit; then the out-of-memory killer's SIGKILL is reported as `oom` too.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MB = 2**20
+SERVER_RESERVE_MB = 256
+POLL_S = 0.2
+# Below this a worker cannot even import torch and load a tiny model: the limit is refused.
+MIN_WORKER_MB = 300
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The container's limit and where it came from ("MEM_LIMIT" or "WORKBENCH_MEMORY_LIMIT_MB")."""
+
+    total_bytes: int
+    source: str
+
+    def worker_bytes(self, exclude: int | None = None) -> int:
+        """What one worker may hold now: the total less this process tree (without `exclude`, the
+        worker's own pid) and the server's reserve; never below MIN_WORKER_MB."""
+        held = tree_rss(os.getpid(), exclude=exclude)
+        return max(MIN_WORKER_MB * MB, self.total_bytes - held - SERVER_RESERVE_MB * MB)
+
+    def describe(self, worker_bytes: int) -> str:
+        return (f"{worker_bytes / MB:.0f} MB for the worker, of the {self.total_bytes / MB:.0f} MB limit "
+                f"set by {self.source}")
+
+
+def budget(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Budget | None:
+    """The memory limit this session runs under, or None (no limit: workers are not watched).
+    A value that is not a positive number is ignored with no limit, as if unset."""
+    env = os.environ if environ is None else environ
+    mb = env.get("WORKBENCH_MEMORY_LIMIT_MB", "").strip()
+    if mb:
+        try:
+            if float(mb) > 0:
+                return Budget(int(float(mb) * MB), "WORKBENCH_MEMORY_LIMIT_MB")
+        except ValueError:
+            pass
+    raw = env.get("MEM_LIMIT", "").strip()
+    if raw:
+        try:
+            if int(raw) > 0:
+                return Budget(int(raw), "MEM_LIMIT")
+        except ValueError:
+            pass
+    return None
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of one process (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def tree_rss(pid: int, exclude: int | None = None) -> int:
+    """Resident bytes of `pid` and every process below it, less the subtree of `exclude`."""
+    kids = _children()
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p == exclude:
+            continue
+        total += rss(p)
+        todo += kids.get(p, [])
+    return total
+
+
+def group_rss(pgid: int) -> int:
+    """Resident bytes of every process in process group `pgid` (a worker and what it started)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += rss(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
