@@ -581,9 +581,27 @@ def cmd_env(args: argparse.Namespace) -> int:
     from .envs import manager
 
     if args.env_cmd == "create":
-        for name in args.names:
+        names = list(args.names) + [n for n in (manager.profile_families(args.profile) if args.profile else ())
+                                    if n not in args.names]
+        if not names:
+            raise InvalidSpec("env create: name families (workbench env list) or --profile "
+                              f"({', '.join(manager.PROFILES)})")
+        for name in names:
+            manager.family(name)  # an unknown name is refused before anything is installed
+        if args.dry_run:
+            print(" ".join(names))
+            return EXIT_OK
+        for name in names:
             st = manager.create(name, progress=not args.quiet)
             print(f"{st.name}: {st.state} ({st.python})")
+        return EXIT_OK
+    if args.env_cmd == "dedupe":
+        from .envs.dedupe import link_duplicates
+
+        ready = [Path(s.path) for s in manager.list_envs() if s.state in ("ready", "stale") and s.path]
+        linked = link_duplicates(ready)
+        print(f"{linked.files} files hard-linked across {len(ready)} environments, "
+              f"{linked.bytes_saved / 2**30:.2f} GiB freed")
         return EXIT_OK
     rows = [s.to_dict() for s in manager.list_envs()]
     if args.json:
@@ -780,9 +798,13 @@ def build_parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="env_cmd", required=True, parser_class=_Parser)
     el = esub.add_parser("list")
     el.add_argument("--json", action="store_true")
-    ec = esub.add_parser("create")
-    ec.add_argument("names", nargs="+")
+    ec = esub.add_parser("create", help="create (or update) environment families by name or by profile")
+    ec.add_argument("names", nargs="*", help="families (workbench env list)")
+    ec.add_argument("--profile", default=None,
+                    help="every family of a profile: all (make setup) or binder (torch, openvino)")
+    ec.add_argument("--dry-run", action="store_true", help="print the families it would create, create none")
     ec.add_argument("--quiet", action="store_true")
+    esub.add_parser("dedupe", help="hard-link the files that several environments hold identically (torch...)")
     e.set_defaults(func=cmd_env)
     return p
 

@@ -5,6 +5,7 @@ the order of its steps there. They cannot show that the installs succeed (that n
 that repo2docker sees the files and runs them in an order that can work.
 """
 import json
+import os
 import re
 import subprocess
 import sys
@@ -73,22 +74,48 @@ def test_requirements_install_this_package_with_voila():
     assert any(re.match(r"voila\b", d) for d in ui)
 
 
-def test_postbuild_creates_every_backend_environment_then_prepares_the_catalog_models():
+def _postbuild_commands() -> list[str]:
+    """postBuild's `workbench ...` command lines, continuation lines joined."""
+    text = (BINDER / "postBuild").read_text().replace("\\\n", " ")
+    return [" ".join(ln.split()) for ln in text.splitlines() if ln.strip().startswith("workbench ")]
+
+
+def test_postbuild_creates_the_binder_profile_then_prepares_the_catalog_models():
     from workbench.envs import manager
 
-    text = (BINDER / "postBuild").read_text()
-    commands = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("workbench ")]
-    families = list(manager.FAMILIES)
-    assert commands[:len(families)] == [f"workbench env create {f} --quiet" for f in families]
+    commands = _postbuild_commands()
+    assert commands[:2] == ["workbench env create --profile binder --quiet", "workbench env dedupe"]
+    assert manager.PROFILES["binder"] == ("torch", "openvino")
     prepare = [c for c in commands if c.startswith("workbench models --prepare")]
-    assert len(prepare) == 1 and commands.index(prepare[0]) >= len(families)  # needs the environments
+    assert len(prepare) == 1 and commands.index(prepare[0]) >= 2  # needs the environments
     names = prepare[0].split()[3:]
     assert set(names) <= set(catalog.CATALOG)
     embedded = {n for n, e in catalog.CATALOG.items() if e.source == "embedded"}
     assert embedded <= set(names)
+    # The warm-up runs only methods of the profile's families (nothing else is installed there).
+    warmup = [c for c in commands if c.startswith("workbench compare")]
+    assert len(warmup) == 1 and "--protocol quick" in warmup[0]
+    from workbench import registry
+
+    methods = warmup[0].split("--methods ")[1].split(" --")[0].split()
+    assert {registry.get(m.split(":")[0]).cls.env for m in methods} <= set(manager.PROFILES["binder"])
     # the same home at build and at run time, or the app would not find what postBuild built
-    assert 'WORKBENCH_HOME="$PWD/.workbench"' in text
-    assert 'WORKBENCH_HOME="${REPO_DIR:-$HOME}/.workbench"' in (BINDER / "start").read_text()
+    text = (BINDER / "postBuild").read_text()
+    assert 'WORKBENCH_HOME="${WORKBENCH_HOME:-$PWD/.workbench}"' in text
+    start = (BINDER / "start").read_text()
+    assert 'WORKBENCH_HOME="${REPO_DIR:-$HOME}/.workbench"' in start and "WORKBENCH_PROFILE=binder" in start
+
+
+def test_the_binder_profile_list_runs_as_postbuild_runs_it(tmp_path):
+    """postBuild's environment line, run as written (the `workbench` of this environment) with
+    --dry-run: the families it creates are the profile's, in one place."""
+    line = _postbuild_commands()[0]
+    argv = [str(Path(sys.executable).parent / "workbench"), *line.split()[1:], "--dry-run"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "WORKBENCH_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["torch", "openvino"]
+    assert not (tmp_path / "envs").exists()  # a dry run installs nothing
 
 
 def test_the_server_config_picks_the_template_that_start_puts_on_the_jupyter_path():

@@ -75,3 +75,51 @@ def test_a_full_disk_is_refused_before_pip_starts(home, monkeypatch):
     monkeypatch.setattr(manager.subprocess, "Popen", None)  # pip must not start
     with pytest.raises(EnvironmentUnavailable, match="WORKBENCH_HOME chooses"):
         manager.create("torch", progress=False)
+
+
+def test_a_family_outside_the_binder_profile_is_not_installed_in_this_demo(home, monkeypatch, tmp_path):
+    """On Binder (binder/start sets WORKBENCH_PROFILE=binder) a method of another family is refused
+    before any worker starts, with the reason and the one command that installs it."""
+    from workbench import registry
+    from workbench.result import RunStatus
+    from workbench.session import Session
+
+    monkeypatch.setenv("WORKBENCH_PROFILE", "binder")
+    onnx = manager.status("onnx")
+    assert onnx.state == "missing"
+    assert "is not installed in this demo (the binder profile holds torch, openvino)" in onnx.reason
+    assert "`workbench env create onnx`" in onnx.reason
+    # A family of the profile that is missing is a broken installation, said as usual.
+    assert "not created in" in manager.status("torch").reason
+    reason = registry.unavailable_reason(registry.get("ort-dynamic"))
+    assert reason.startswith("environment 'onnx' is not installed in this demo"), reason
+    r = Session(store=tmp_path / "wb.sqlite", progress=False).run("tiny-bert", "ort-dynamic")
+    assert r.status is RunStatus.UNAVAILABLE and "workbench env create onnx" in r.error
+    # Without the profile (make setup's `all`) the usual message.
+    monkeypatch.delenv("WORKBENCH_PROFILE")
+    assert "not created in" in manager.status("onnx").reason
+    with pytest.raises(InvalidSpec, match="allowed: all, binder"):
+        manager.profile_families("tiny")
+
+
+def test_dedupe_hard_links_identical_files_across_environments_and_keeps_the_rest(tmp_path):
+    from workbench.envs.dedupe import MIN_BYTES, link_duplicates
+
+    a, b = tmp_path / "a" / "site-packages", tmp_path / "b" / "site-packages"
+    for root in (a, b):
+        (root / "torch" / "__pycache__").mkdir(parents=True)
+        (root / "torch" / "lib.so").write_bytes(b"\x7fELF" + b"1" * MIN_BYTES)
+        (root / "torch" / "__pycache__" / "x.pyc").write_bytes(b"c" * MIN_BYTES)  # rewritten in place by Python
+        (root / "small.py").write_text("x = 1\n")
+    (a / "own.bin").write_bytes(b"a" * MIN_BYTES)
+    (b / "own.bin").write_bytes(b"b" * MIN_BYTES)  # same size, other content
+    linked = link_duplicates([tmp_path / "a", tmp_path / "b"])
+    assert (linked.files, linked.bytes_saved) == (1, MIN_BYTES + 4)
+    assert (a / "torch" / "lib.so").stat().st_ino == (b / "torch" / "lib.so").stat().st_ino
+    assert (b / "torch" / "lib.so").read_bytes().startswith(b"\x7fELF")
+    assert (a / "own.bin").read_bytes() != (b / "own.bin").read_bytes()
+    assert (a / "torch" / "__pycache__" / "x.pyc").stat().st_ino != (b / "torch" / "__pycache__" / "x.pyc").stat().st_ino
+    # pip's uninstall in one environment unlinks its name only: the other keeps the file.
+    (a / "torch" / "lib.so").unlink()
+    assert (b / "torch" / "lib.so").read_bytes().startswith(b"\x7fELF")
+    assert link_duplicates([tmp_path / "a", tmp_path / "b"]).files == 0  # nothing left to link

@@ -104,6 +104,32 @@ FAMILIES: dict[str, EnvFamily] = {
 }
 
 
+# Which families an installation holds. `all`: everything (`make setup`). `binder`: what the app
+# shows first (the PyTorch-side methods and OpenVINO), so the Binder image stays within what
+# mybinder.org builds and serves (docs/binder.md); binder/postBuild creates exactly this list and
+# binder/start names the profile, so that the app says "not installed in this demo" for the rest.
+PROFILES: dict[str, tuple[str, ...]] = {
+    "all": tuple(FAMILIES),
+    "binder": ("torch", "openvino"),
+}
+PROFILE_VAR = "WORKBENCH_PROFILE"
+
+
+def profile_families(name: str) -> tuple[str, ...]:
+    """The families of profile `name` (InvalidSpec naming the profiles for an unknown one)."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise InvalidSpec(f"profile: unknown profile {name!r}; allowed: {', '.join(PROFILES)}") from None
+
+
+def active_profile() -> str:
+    """The profile this installation was built with: `$WORKBENCH_PROFILE` (binder/start sets
+    `binder`), else `all`. An unknown name counts as `all` (it only changes a message)."""
+    name = os.environ.get(PROFILE_VAR, "").strip() or "all"
+    return name if name in PROFILES else "all"
+
+
 @dataclass(frozen=True)
 class EnvStatus:
     name: str
@@ -150,6 +176,12 @@ def status(name: str) -> EnvStatus:
     py = d / "bin" / "python"
     manifest = d / "workbench-env.json"
     if not py.exists() or not manifest.exists():
+        profile = active_profile()
+        if name not in PROFILES[profile]:
+            return EnvStatus(name, "missing", None, str(d),
+                             f"is not installed in this demo (the {profile} profile holds "
+                             f"{', '.join(PROFILES[profile])}): `workbench env create {name}` in a terminal "
+                             "installs it (a few minutes, about 2 GB)")
         return EnvStatus(name, "missing", None, str(d),
                          f"not created in {d.parent}: run `workbench env create {name}` "
                          "(`workbench info` says why the workbench looks there)")
