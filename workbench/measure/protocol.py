@@ -148,11 +148,8 @@ def _accuracy(run: Run) -> None:
     spec = run.spec
     if run.is_reference:
         # The fp32 baseline is the reference: compute it here if no earlier run did.
-        with reference.reference_lock(spec.model, spec.data):
-            run.reference_out = reference.load_reference(spec.model, spec.data)
-            if run.reference_out is None:
-                _, run.reference_out = measure_accuracy(run.ctx, run.model, None)
-                reference.save_reference(spec.model, spec.data, without_targets(run.reference_out))
+        run.reference_out = reference.cached_reference(
+            spec.model, spec.data, lambda: without_targets(measure_accuracy(run.ctx, run.model, None)[1]))
     # The run's own top-1 is all that is read later (the task metric).
     metrics, run.own = measure_accuracy(run.ctx, run.model, run.reference_out, keep=1)
     run.record({"metrics": metrics})
@@ -419,20 +416,17 @@ def compute_reference(spec: RunSpec, model_info: Any) -> dict:
     """Baseline (fp32, unquantized) outputs of this model on this data, cached on disk."""
     from . import reference
 
-    with reference.reference_lock(spec.model, spec.data):
-        ref = reference.load_reference(spec.model, spec.data)
-        if ref is not None:
-            return ref
+    def compute() -> dict:
         emit("reference", None, "computing the fp32 baseline outputs once for this model and data")
         with tempfile.TemporaryDirectory(prefix="wb-ref-") as tmp:
             ctx = BuildContext(spec, model_info, Path(tmp))
             model = ctx.load_model("float32")
             _, ref = measure_accuracy(ctx, model, None)
-        ref = without_targets(ref)
-        reference.save_reference(spec.model, spec.data, ref)
         del model
         gc.collect()
-        return ref
+        return without_targets(ref)
+
+    return reference.cached_reference(spec.model, spec.data, compute)
 
 
 def reference_interpreter(kind: str) -> tuple[str, dict[str, str] | None]:
