@@ -377,7 +377,7 @@ def reload_check(spec: RunSpec, target: str, saved: Path, metrics: Mapping[str, 
                  ctx: BuildContext) -> tuple[RunStatus, str | None, dict]:
     """Reload the saved artifact in a fresh process (`python -m workbench.worker --reload`) and
     compare its accuracy with the run's. Returns (status, error, the measurements it made)."""
-    import subprocess
+    from ..envs.child import run_module, stderr_tail
 
     ctx.progress("reload", None, "reloading the saved artifact in a fresh process")
     name = next((m for m in RELOAD_METRICS if metrics.get(m) is not None), RELOAD_METRICS[0])
@@ -385,10 +385,9 @@ def reload_check(spec: RunSpec, target: str, saved: Path, metrics: Mapping[str, 
     request = saved.parent / "reload-request.json"
     out = saved.parent / "reload-result.json"
     request.write_text(json.dumps({"spec": spec.to_dict(), "target": target, "saved": str(saved)}))
-    proc = subprocess.run([sys.executable, "-m", "workbench.worker", "--reload", str(request), str(out)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = run_module("workbench.worker", ["--reload", str(request), str(out)])
     if proc.returncode != 0 or not out.exists():
-        tail = "\n".join(l for l in proc.stderr.splitlines() if not l.startswith(PROGRESS_PREFIX))[-3000:]
+        tail = stderr_tail(proc, chars=3000, skip_prefix=PROGRESS_PREFIX)
         return (RunStatus.RELOAD_MISMATCH,
                 f"the saved artifact could not be reloaded (exit {proc.returncode}):\n{tail}", {})
     after = json.loads(out.read_text()).get(name)
@@ -451,8 +450,7 @@ def reference_interpreter(kind: str) -> tuple[str, dict[str, str] | None]:
 def ensure_reference_in_subprocess(spec: RunSpec) -> None:
     """Compute the reference in a child process (`python -m workbench.worker --reference`), so
     this worker's peak RSS stays its own."""
-    import subprocess
-
+    from ..envs.child import check_module
     from ..models import catalog
     from . import reference
 
@@ -462,11 +460,8 @@ def ensure_reference_in_subprocess(spec: RunSpec) -> None:
         req = Path(tmp) / "request.json"
         req.write_text(json.dumps({"spec": spec.to_dict()}))
         python, env = reference_interpreter(catalog.describe(spec.model).kind)
-        proc = subprocess.run([python, "-m", "workbench.worker", "--reference", str(req)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.splitlines()[-20:])
-            raise RuntimeError(f"computing the baseline reference failed (exit {proc.returncode}):\n{tail}")
+        check_module("computing the baseline reference", "workbench.worker", ["--reference", str(req)],
+                     python=python, env=env, tail=20)
 
 
 def without_targets(outputs: dict) -> dict:
