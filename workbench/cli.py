@@ -555,9 +555,8 @@ def prepare_models(names: Sequence[str]) -> int:
     """Convert / build catalog models (default: the embedded ones) in a worker of their environment,
     so that no run pays for it later. Pipelines are built in the openvino environment (diffusers
     lives there only), the others in the torch one."""
-    import subprocess
-
     from .envs import manager
+    from .envs.child import run_module
     from .models import catalog
 
     names = list(names) or [n for n, e in catalog.CATALOG.items() if e.source == "embedded"]
@@ -572,7 +571,8 @@ def prepare_models(names: Sequence[str]) -> int:
     code = EXIT_OK
     for env, group in by_env.items():
         python = manager.python_for(env)  # EnvironmentUnavailable (exit 4) says how to create it
-        if subprocess.run([python, "-m", "workbench.worker", "--prepare", *group], env=manager.worker_env()).returncode:
+        if run_module("workbench.worker", ["--prepare", *group], python=python, env=manager.worker_env(),
+                      capture=False).returncode:
             code = EXIT_FAILED
     return code
 

@@ -156,12 +156,6 @@ def unavailable_reason(ref: MethodRef) -> str | None:
     return None
 
 
-def require_available(ref: MethodRef) -> None:
-    reason = unavailable_reason(ref)
-    if reason:
-        raise MethodUnavailable(f"method {ref.name!r} is unavailable: {reason}")
-
-
 def describe_all() -> list[dict[str, Any]]:
     """Rows for `workbench methods --json`: name, backend, env, available, reason, params, ..."""
     rows = []

@@ -82,11 +82,6 @@ class Measurement:
         """Max minus min: the honest spread over a handful of repeats."""
         return max(self.values) - min(self.values)
 
-    @property
-    def rel_spread(self) -> float:
-        m = self.median
-        return self.spread / m if m else 0.0
-
     def to_dict(self) -> dict[str, Any]:
         return {"median": self.median, "min": min(self.values), "max": max(self.values), "n": len(self.values)}
 

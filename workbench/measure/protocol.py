@@ -148,11 +148,8 @@ def _accuracy(run: Run) -> None:
     spec = run.spec
     if run.is_reference:
         # The fp32 baseline is the reference: compute it here if no earlier run did.
-        with reference.reference_lock(spec.model, spec.data):
-            run.reference_out = reference.load_reference(spec.model, spec.data)
-            if run.reference_out is None:
-                _, run.reference_out = measure_accuracy(run.ctx, run.model, None)
-                reference.save_reference(spec.model, spec.data, without_targets(run.reference_out))
+        run.reference_out = reference.cached_reference(
+            spec.model, spec.data, lambda: without_targets(measure_accuracy(run.ctx, run.model, None)[1]))
     # The run's own top-1 is all that is read later (the task metric).
     metrics, run.own = measure_accuracy(run.ctx, run.model, run.reference_out, keep=1)
     run.record({"metrics": metrics})
@@ -380,7 +377,7 @@ def reload_check(spec: RunSpec, target: str, saved: Path, metrics: Mapping[str, 
                  ctx: BuildContext) -> tuple[RunStatus, str | None, dict]:
     """Reload the saved artifact in a fresh process (`python -m workbench.worker --reload`) and
     compare its accuracy with the run's. Returns (status, error, the measurements it made)."""
-    import subprocess
+    from ..envs.child import run_module, stderr_tail
 
     ctx.progress("reload", None, "reloading the saved artifact in a fresh process")
     name = next((m for m in RELOAD_METRICS if metrics.get(m) is not None), RELOAD_METRICS[0])
@@ -388,10 +385,9 @@ def reload_check(spec: RunSpec, target: str, saved: Path, metrics: Mapping[str, 
     request = saved.parent / "reload-request.json"
     out = saved.parent / "reload-result.json"
     request.write_text(json.dumps({"spec": spec.to_dict(), "target": target, "saved": str(saved)}))
-    proc = subprocess.run([sys.executable, "-m", "workbench.worker", "--reload", str(request), str(out)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = run_module("workbench.worker", ["--reload", str(request), str(out)])
     if proc.returncode != 0 or not out.exists():
-        tail = "\n".join(l for l in proc.stderr.splitlines() if not l.startswith(PROGRESS_PREFIX))[-3000:]
+        tail = stderr_tail(proc, chars=3000, skip_prefix=PROGRESS_PREFIX)
         return (RunStatus.RELOAD_MISMATCH,
                 f"the saved artifact could not be reloaded (exit {proc.returncode}):\n{tail}", {})
     after = json.loads(out.read_text()).get(name)
@@ -419,20 +415,17 @@ def compute_reference(spec: RunSpec, model_info: Any) -> dict:
     """Baseline (fp32, unquantized) outputs of this model on this data, cached on disk."""
     from . import reference
 
-    with reference.reference_lock(spec.model, spec.data):
-        ref = reference.load_reference(spec.model, spec.data)
-        if ref is not None:
-            return ref
+    def compute() -> dict:
         emit("reference", None, "computing the fp32 baseline outputs once for this model and data")
         with tempfile.TemporaryDirectory(prefix="wb-ref-") as tmp:
             ctx = BuildContext(spec, model_info, Path(tmp))
             model = ctx.load_model("float32")
             _, ref = measure_accuracy(ctx, model, None)
-        ref = without_targets(ref)
-        reference.save_reference(spec.model, spec.data, ref)
         del model
         gc.collect()
-        return ref
+        return without_targets(ref)
+
+    return reference.cached_reference(spec.model, spec.data, compute)
 
 
 def reference_interpreter(kind: str) -> tuple[str, dict[str, str] | None]:
@@ -457,8 +450,7 @@ def reference_interpreter(kind: str) -> tuple[str, dict[str, str] | None]:
 def ensure_reference_in_subprocess(spec: RunSpec) -> None:
     """Compute the reference in a child process (`python -m workbench.worker --reference`), so
     this worker's peak RSS stays its own."""
-    import subprocess
-
+    from ..envs.child import check_module
     from ..models import catalog
     from . import reference
 
@@ -468,11 +460,8 @@ def ensure_reference_in_subprocess(spec: RunSpec) -> None:
         req = Path(tmp) / "request.json"
         req.write_text(json.dumps({"spec": spec.to_dict()}))
         python, env = reference_interpreter(catalog.describe(spec.model).kind)
-        proc = subprocess.run([python, "-m", "workbench.worker", "--reference", str(req)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.splitlines()[-20:])
-            raise RuntimeError(f"computing the baseline reference failed (exit {proc.returncode}):\n{tail}")
+        check_module("computing the baseline reference", "workbench.worker", ["--reference", str(req)],
+                     python=python, env=env, tail=20)
 
 
 def without_targets(outputs: dict) -> dict:

@@ -87,18 +87,12 @@ def reference_lock(model: ModelSpec, data: DataSpec) -> Iterator[None]:
         yield
 
 
-def cached_reference(
-    model: ModelSpec, data: DataSpec, compute: Callable[[], dict[str, Any]]
-) -> tuple[dict[str, Any], bool]:
-    """The reference for (model, data), computing and saving it under the lock if
-    it is missing. Returns (reference, computed_now)."""
-    ref = load_reference(model, data)
-    if ref is not None:
-        return ref, False
+def cached_reference(model: ModelSpec, data: DataSpec, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The reference for (model, data): read from the cache, else `compute()`d and saved, under
+    the lock, so that parallel workers compute it once."""
     with reference_lock(model, data):
-        ref = load_reference(model, data)  # another worker may have written it while we waited
-        if ref is not None:
-            return ref, False
-        ref = compute()
-        save_reference(model, data, ref)
-        return ref, True
+        ref = load_reference(model, data)
+        if ref is None:
+            ref = compute()
+            save_reference(model, data, ref)
+        return ref

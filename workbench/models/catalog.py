@@ -18,11 +18,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .. import paths
 from ..errors import ModelNotFound
 from ..spec import ModelSpec
 from . import shapes
+
+T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Written last into a converted or built model directory: its presence means complete.
@@ -155,16 +158,24 @@ def describe(model: ModelSpec) -> ModelInfo:
     Raises ModelNotFound naming the catalog models, the broken file, or (for a
     hub id that cannot be reached) the local-directory alternative.
     """
+    return dispatch(model, _describe_catalog, lambda local: _describe_local(model.id, local), _describe_hub)
+
+
+def dispatch(model: ModelSpec, catalog: Callable[[CatalogEntry], T], local: Callable[[Path], T],
+             hub: Callable[[ModelSpec], T]) -> T:
+    """What `model.id` names, answered by the matching callable: a catalog entry, an existing
+    local path (expanded, not resolved), or a hub id. ModelNotFound for a path that does not
+    exist and for an id that is none of these (the one wording `describe` and `loader.resolve` share)."""
     ident = model.id
     if ident in CATALOG:
-        return _describe_catalog(CATALOG[ident])
-    local = Path(ident).expanduser()
-    if local.exists():
-        return _describe_local(ident, local)
+        return catalog(CATALOG[ident])
+    path = Path(ident).expanduser()
+    if path.exists():
+        return local(path)
     if looks_like_path(ident):
         raise ModelNotFound(f"model: no such directory: {ident}")
     if looks_like_hub_id(ident):
-        return _describe_hub(model)
+        return hub(model)
     raise ModelNotFound(
         f"model: unknown model {ident!r}; use a catalog name ({', '.join(CATALOG)}), "
         "a local model directory, or a hub id like org/name"

@@ -16,15 +16,14 @@ import torch
 from ..errors import InvalidSpec, ModelNotFound
 from ..spec import ModelSpec
 from .catalog import (
-    CATALOG,
     MODEL_INDEX,
     PIPELINE_KINDS,
+    CatalogEntry,
+    dispatch,
     fetch_hub_file,
     hub_cache_dir,
     hub_offline,
     hub_unreachable_message,
-    looks_like_hub_id,
-    looks_like_path,
 )
 from .embedded import Progress, embedded_dir
 from .tiny import tiny_dir
@@ -43,11 +42,11 @@ def resolve(model: ModelSpec, progress: Progress | None = None) -> Path:
     hub) or MethodUnavailable (an embedded model's package is missing).
     """
     ident = model.id
-    entry = CATALOG.get(ident)
-    if entry is not None:
+
+    def from_catalog(entry: CatalogEntry) -> Path:
         return embedded_dir(ident, progress) if entry.source == "embedded" else tiny_dir(ident, progress)
-    local = Path(ident).expanduser()
-    if local.exists():
+
+    def from_local(local: Path) -> Path:
         if not local.is_dir():
             raise ModelNotFound(
                 f"model: {ident} is not a directory; pass a Transformers model directory (with config.json)"
@@ -55,14 +54,8 @@ def resolve(model: ModelSpec, progress: Progress | None = None) -> Path:
         if not (local / "config.json").is_file() and not (local / MODEL_INDEX).is_file():
             raise ModelNotFound(f"model: model directory {ident} has no config.json")
         return local.resolve()
-    if looks_like_path(ident):
-        raise ModelNotFound(f"model: no such directory: {ident}")
-    if looks_like_hub_id(ident):
-        return _resolve_hub(model)
-    raise ModelNotFound(
-        f"model: unknown model {ident!r}; use a catalog name ({', '.join(CATALOG)}), "
-        "a local model directory, or a hub id like org/name"
-    )
+
+    return dispatch(model, from_catalog, from_local, _resolve_hub)
 
 
 # Diffusers repositories also hold whole-pipeline checkpoints and fp16 / EMA variants: not those.

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from .. import paths
 from ..envs import manager
+from ..envs.child import run_module
 
 ENV = "torch"
 ORT_CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -97,7 +97,7 @@ def _subprocess(env: str, module_args: list[str], tmp: Path, out: Path, what: st
 
     python = manager.python_for(env)  # EnvironmentUnavailable says how to create it
     with tqdm(total=1, desc=what, leave=False) as bar:
-        proc = subprocess.run([python, "-m", *module_args], env=manager.worker_env(), capture_output=True, text=True)
+        proc = run_module(module_args[0], module_args[1:], python=python, env=manager.worker_env(), keep_stdout=True)
         bar.update(1)
     if proc.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ... import paths
+from ..export_cache import Exported, ExportFormat, export_dir, export_once
 
 IR_MANIFEST = "workbench-ir.json"
 IR_VERSION = 1
@@ -72,21 +71,13 @@ def library_versions() -> dict[str, str]:
     return {p: version(p) for p in ("optimum-intel", "openvino", "nncf", "transformers", "optimum")}
 
 
+IR_FORMAT = ExportFormat(subdir="ov-ir", manifest=IR_MANIFEST, module=__name__, backend="OpenVINO",
+                         target="OpenVINO IR", done="an fp32 IR", reused="fp32 IR")
+
+
 def _ir_dir(ctx: Any) -> Path:
-    blob = json.dumps({"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
-                       "ir": IR_VERSION}, sort_keys=True)
-    from ...security import cache_name
-
-    return paths.subdir("ov-ir") / cache_name(ctx.spec.model.id, blob)
-
-
-@dataclass
-class Exported:
-    """The cached fp32 IR of a model and how it came to be."""
-
-    path: Path
-    export_s: float | None  # None: reused from the cache
-    notes: list[str] = field(default_factory=list)
+    return export_dir(IR_FORMAT, ctx.spec.model.id, {"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind,
+                                                     "versions": library_versions(), "ir": IR_VERSION})
 
 
 def exported_ir(ctx: Any) -> Exported:
@@ -98,23 +89,7 @@ def exported_ir(ctx: Any) -> Exported:
     under a lock so parallel workers export once.
     """
     ov_model_class(ctx.model_info.kind)  # the imports (seconds) land here, outside the timed steps
-    target = _ir_dir(ctx)
-    with paths.file_lock(target.with_suffix(".lock")):
-        if (target / IR_MANIFEST).exists():
-            return Exported(target, None, [f"fp32 IR reused from the cache ({target.name})"])
-        source = ctx.model_dir()
-        ctx.progress("export", None, f"exporting {ctx.spec.model.id} to OpenVINO IR (fp32, once per model)")
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", __name__, ctx.model_info.kind, str(source), str(target)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        if proc.returncode != 0 or not (target / IR_MANIFEST).exists():
-            tail = "\n".join(proc.stderr.splitlines()[-25:])
-            raise RuntimeError(f"OpenVINO export of {ctx.spec.model.id} failed (exit {proc.returncode}):\n{tail}")
-        export_s = time.perf_counter() - t0
-        return Exported(target, export_s, [f"exported to an fp32 IR in {export_s:.1f} s, in a child process "
-                                           "(cached for later runs)"])
+    return export_once(ctx, IR_FORMAT, _ir_dir(ctx), Exported)
 
 
 def export(kind: str, source: Path, target: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -28,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ... import paths
+from ...envs.child import check_module
+from .. import export_cache
+from ..export_cache import ExportFormat, export_dir, export_once
 
 MANIFEST = "workbench-onnx.json"
 EXPORT_VERSION = 1
@@ -122,21 +123,19 @@ def staged_source(source: Path, staging: Path, fix_config: bool) -> tuple[Path, 
 # --------------------------------------------------------------------------- export cache
 
 
-def _export_dir(ctx: Any, fix_config: bool) -> Path:
-    blob = json.dumps({"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
-                       "fix_config": fix_config, "export": EXPORT_VERSION}, sort_keys=True)
-    from ...security import cache_name
+ONNX_FORMAT = ExportFormat(subdir="onnx", manifest=MANIFEST, module=__name__, backend="ONNX", target="ONNX",
+                           done="fp32 ONNX", reused="fp32 ONNX export")
 
-    return paths.subdir("onnx") / cache_name(ctx.spec.model.id, blob)
+
+def _export_dir(ctx: Any, fix_config: bool) -> Path:
+    return export_dir(ONNX_FORMAT, ctx.spec.model.id, {
+        "model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
+        "fix_config": fix_config, "export": EXPORT_VERSION})
 
 
 @dataclass
-class Exported:
+class Exported(export_cache.Exported):
     """The cached fp32 ONNX export of a model and how it came to be."""
-
-    path: Path
-    export_s: float | None  # None: reused from the cache
-    notes: list[str] = field(default_factory=list)
 
     @property
     def model_file(self) -> Path:
@@ -151,25 +150,7 @@ def exported(ctx: Any, fix_config: bool = True) -> Exported:
     are exported with the KV cache (`text-generation-with-past`), encoders for feature extraction.
     """
     model_class(ctx.model_info.kind)
-    target = _export_dir(ctx, fix_config)
-    with paths.file_lock(target.with_suffix(".lock")):
-        if (target / MANIFEST).exists():
-            notes = json.loads((target / MANIFEST).read_text()).get("notes", [])
-            return Exported(target, None, [f"fp32 ONNX export reused from the cache ({target.name})", *notes])
-        source = ctx.model_dir()
-        ctx.progress("export", None, f"exporting {ctx.spec.model.id} to ONNX (fp32, once per model)")
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", __name__, ctx.model_info.kind, str(source), str(target), str(int(fix_config))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        if proc.returncode != 0 or not (target / MANIFEST).exists():
-            tail = "\n".join(proc.stderr.splitlines()[-25:])
-            raise RuntimeError(f"ONNX export of {ctx.spec.model.id} failed (exit {proc.returncode}):\n{tail}")
-        export_s = time.perf_counter() - t0
-        notes = json.loads((target / MANIFEST).read_text()).get("notes", [])
-        return Exported(target, export_s, [f"exported to fp32 ONNX in {export_s:.1f} s, in a child process "
-                                           "(cached for later runs)", *notes])
+    return export_once(ctx, ONNX_FORMAT, _export_dir(ctx, fix_config), Exported, [str(int(fix_config))])
 
 
 def export(kind: str, source: Path, target: Path, fix_config: bool) -> None:
@@ -365,11 +346,8 @@ def export_stats(directory: Path) -> GraphStats:
     directory = Path(directory)
     cached = directory / STATS_FILE
     if not cached.exists():
-        proc = subprocess.run([sys.executable, "-m", __name__, "--stats", str(directory)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.splitlines()[-15:])
-            raise RuntimeError(f"counting the layers of {directory / MODEL_FILE} failed (exit {proc.returncode}):\n{tail}")
+        check_module(f"counting the layers of {directory / MODEL_FILE}", __name__, ["--stats", str(directory)],
+                     tail=15)
     data = json.loads(cached.read_text())
     return GraphStats(**{**data, "ops": Counter(data["ops"])})
 
