@@ -42,3 +42,15 @@ def test_the_worker_gets_the_limit_less_this_process_tree_and_the_server_reserve
         child.wait()
     # Never less than what a worker needs to start at all.
     assert Budget(100 * MB, "MEM_LIMIT").worker_bytes() == memory_budget.MIN_WORKER_MB * MB
+
+
+def test_runs_start_cold_under_a_small_limit(monkeypatch):
+    """A prepared process's idle 0.4-0.7 GB does not fit beside a worker in 2 GB: warm starts off."""
+    from workbench.exec.subprocess import SubprocessExecutor
+
+    assert SubprocessExecutor(warm=True, budget=Budget(2 * 2**30, "MEM_LIMIT")).warm is False
+    assert SubprocessExecutor(warm=True, budget=Budget(16 * 2**30, "MEM_LIMIT")).warm is True
+    assert SubprocessExecutor(warm=True, budget=None).warm is True
+    monkeypatch.setenv("MEM_LIMIT", "2147483648")
+    executor = SubprocessExecutor(warm=True)  # reads the limit from the environment by default
+    assert executor.budget == Budget(2147483648, "MEM_LIMIT") and executor.warm is False

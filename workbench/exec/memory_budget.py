@@ -28,6 +28,10 @@ SERVER_RESERVE_MB = 256
 POLL_S = 0.2
 # Below this a worker cannot even import torch and load a tiny model: the limit is refused.
 MIN_WORKER_MB = 300
+# Under a smaller limit runs start cold: a prepared process (warm starts) holds 0.4 GB (torch) to
+# 0.7 GB (openvino) while idle, and the pages a forked run shares with it count in both processes'
+# RSS, so on 2 GB it would leave a SmolLM2 run no room. Cold costs the first number ~4 s.
+WARM_MIN_MB = 6144
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,10 @@ class SubprocessExecutor:
         """`budget`: the memory limit workers are watched against (`exec.memory_budget`); True
         (the default) reads it from `MEM_LIMIT` / `WORKBENCH_MEMORY_LIMIT_MB` now, None: none."""
         self.default_timeout_s = default_timeout_s
-        self.warm = warm
         self.budget = memory_budget.budget() if budget is True else (budget or None)
+        # A prepared process holds 0.4-0.7 GB while idle, which a small container cannot spare
+        # beside the kernel and a worker: there every run starts cold (memory_budget.WARM_MIN_MB).
+        self.warm = warm and (self.budget is None or self.budget.total_bytes >= memory_budget.WARM_MIN_MB * memory_budget.MB)
         self._starting: set[str] = set()  # keys whose worker is being started (a cancel then kills it at once)
         self._procs: dict[str, subprocess.Popen] = {}
         self._cancelled: set[str] = set()
