@@ -21,13 +21,12 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
 from .result import RunResult, RunStatus, label
-from .spec import BenchSpec, DataSpec, ModelSpec
+from .spec import BenchSpec, DataSpec, ModelSpec, fields_help, parse_fields
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
 
@@ -71,37 +70,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INVALID)
 
 
-def _fields_from_pairs(cls: type, pairs: Sequence[str], what: str) -> dict[str, Any]:
-    """Parse `k=v` overrides of a spec dataclass, typed by the field's default."""
-    defaults = cls()
-    names = {f.name: getattr(defaults, f.name) for f in fields(cls)}
-    out: dict[str, Any] = {}
-    errors: list[ParamError] = []
-    for item in pairs:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in names:
-            errors.append(ParamError(f"{what}.{key}", f"expected NAME=VALUE with NAME one of {', '.join(names)}"))
-            continue
-        default = names[key]
-        try:
-            if isinstance(default, bool):
-                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError("allowed: true or false")
-                out[key] = raw.lower() in ("true", "1", "yes")
-            elif isinstance(default, tuple):
-                out[key] = tuple(int(x) for x in raw.split(",") if x.strip())
-            elif isinstance(default, int) or default is None:
-                out[key] = None if raw.lower() == "none" else int(raw)
-            else:
-                out[key] = raw
-        except ValueError as e:
-            errors.append(ParamError(f"{what}.{key}", f"got {raw!r}: {e}"))
-    if errors:
-        raise InvalidParams(errors)
-    return out
-
-
 def _session(args: argparse.Namespace) -> Any:
     from .session import Session
 
@@ -129,7 +97,7 @@ def _protocol(args: argparse.Namespace) -> str | None:
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
-    data = _fields_from_pairs(DataSpec, args.data_field or [], "data")
+    data = parse_fields(DataSpec, args.data_field or [], "data")
     if args.data:
         data["source"] = args.data
     return data
@@ -139,7 +107,7 @@ def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "protocol": _protocol(args),
         "data": _data_options(args) or None,
-        "bench": _fields_from_pairs(BenchSpec, args.bench or [], "bench") or None,
+        "bench": parse_fields(BenchSpec, args.bench or [], "bench") or None,
         "device": args.device,
         "timeout_s": args.timeout,
         "trust_remote_code": args.trust_remote_code,
@@ -683,7 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="catalog name (workbench models), local directory or hub id")
         sp.add_argument("--store", default=None, help=STORE_HELP)
         sp.add_argument("--data", default=None, help="text source: pydoc-topics, file:PATH, hub:NAME[/CONFIG]")
-        sp.add_argument("--data-field", action="append", metavar="K=V", help="DataSpec field, e.g. eval_windows=4")
+        sp.add_argument("--data-field", action="append", metavar="K=V",
+                        help="a data field, e.g. eval_windows=4; the fields: "
+                             + fields_help(DataSpec).replace("%", "%%"))
         sp.add_argument("--timeout", type=float, default=None, help="seconds before the worker is killed")
         sp.add_argument("--trust-remote-code", action="store_true",
                         help="run Python code from the model repository (off by default; the result says it was on)")
@@ -704,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
         model_data_args(sp, model_default)
         protocol_arg(sp, "standard", "--bench / --data-field change single fields on top of it")
         sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-        sp.add_argument("--bench", action="append", metavar="K=V", help="BenchSpec field, e.g. repeats=5 batch_sizes=1,4")
+        sp.add_argument("--bench", action="append", metavar="K=V",
+                        help="a bench field, e.g. repeats=5 batch_sizes=1,4; the fields: "
+                             + fields_help(BenchSpec).replace("%", "%%"))
         executor_args(sp)
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 

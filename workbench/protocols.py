@@ -27,11 +27,11 @@ Pure standard library: importable in the notebook kernel.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import InvalidSpec
-from .spec import BenchSpec, DataSpec
+from .spec import BenchSpec, DataSpec, with_fields
 
 
 class UnknownProtocol(InvalidSpec):
@@ -115,8 +115,8 @@ def specs(name: str | None = None, data: DataSpec | Mapping[str, Any] | None = N
     InvalidSpec naming them.
     """
     p = get(name)
-    d = data if isinstance(data, DataSpec) else replace(p.data, **_fields(DataSpec, data or {}, "data"))
-    b = bench if isinstance(bench, BenchSpec) else replace(p.bench, **_fields(BenchSpec, bench or {}, "bench"))
+    d = data if isinstance(data, DataSpec) else with_fields(p.data, data or {}, "data")
+    b = bench if isinstance(bench, BenchSpec) else with_fields(p.bench, bench or {}, "bench")
     return d, b
 
 
@@ -162,14 +162,6 @@ def choices() -> list[tuple[str, str]]:
 def help_text() -> str:
     """The names and what each one measures, for `--help`."""
     return "; ".join(f"{p.name}: {p.description}" for p in PROTOCOLS.values())
-
-
-def _fields(cls: type, values: Mapping[str, Any], what: str) -> dict[str, Any]:
-    allowed = {f.name for f in fields(cls)}
-    unknown = set(values) - allowed
-    if unknown:
-        raise InvalidSpec(f"{what}: unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -12,59 +12,26 @@ checks against the model's config, device and environment availability.
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import registry
-from .errors import DataError, InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
+from .errors import DataError, InvalidParams, MethodUnavailable, ParamError, WorkbenchError
 from .exec import Executor, Progress, get_executor
 from .exec.base import Partial, PartialUpdate, accepts_partial, keep_partial
 from .paths import store_path
 from .registry import cuda_present
 from .result import RunResult, RunStatus
-from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec
+from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec, field_errors
 from .store import ResultStore
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-# (field, minimum, maximum) for the numeric fields of DataSpec and BenchSpec.
-_DATA_LIMITS = {
-    "eval_windows": (1, 10_000),
-    "window": (8, 32_768),
-    "calib_samples": (1, 100_000),
-    "calib_seq_len": (8, 32_768),
-    "embed_sentences": (1, 100_000),
-}
-_BENCH_LIMITS = {
-    "seq_len": (1, 32_768),
-    "decode_tokens": (2, 4096),
-    "warmup": (0, 100),
-    "repeats": (1, 1000),
-    "threads": (1, 1024),
-    "memory_limit_mb": (64, 10_000_000),
-}
-_BENCH_LISTS = ("batch_sizes", "prompt_lengths", "generate_batch_sizes")
-
-
 def spec_field_errors(spec: RunSpec) -> list[ParamError]:
-    """Range checks of the data and bench fields (torch-free)."""
-    errors: list[ParamError] = []
-    for obj, prefix, limits in ((spec.data, "data", _DATA_LIMITS), (spec.bench, "bench", _BENCH_LIMITS)):
-        for name, (lo, hi) in limits.items():
-            v = getattr(obj, name)
-            if v is None and name in ("threads", "memory_limit_mb"):
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                errors.append(ParamError(f"{prefix}.{name}", f"got {v!r}; allowed: an integer in [{lo}, {hi}]"))
-    for name in _BENCH_LISTS:
-        v = getattr(spec.bench, name)
-        if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in v):
-            errors.append(ParamError(f"bench.{name}", f"got {v!r}; allowed: a non-empty list of integers in [1, 4096]"))
-    for name in ("latency", "accuracy", "save", "reload_check"):
-        if not isinstance(getattr(spec.bench, name), bool):
-            errors.append(ParamError(f"bench.{name}", "allowed: true or false"))
+    """The data and bench fields checked against their schemas (`spec.DATA_SCHEMA`, `spec.BENCH_SCHEMA`),
+    and the timeout (torch-free)."""
+    errors = field_errors(spec.data, "data")[1] + field_errors(spec.bench, "bench")[1]
     if spec.timeout_s is not None and not (isinstance(spec.timeout_s, (int, float)) and spec.timeout_s > 0):
         errors.append(ParamError("timeout_s", f"got {spec.timeout_s!r}; allowed: a positive number of seconds"))
     return errors
@@ -139,6 +106,9 @@ class Session:
             errors += cls().check_model(params, info)
         if errors:
             raise InvalidParams(errors, context=f"{cls.name} on {spec.model.id}")
+        # Normalized like the parameters (a list is a tuple, 5.0 is 5); a valid spec keeps its key.
+        spec = spec.replace(data=DataSpec(**field_errors(spec.data, "data")[0]),
+                            bench=BenchSpec(**field_errors(spec.bench, "bench")[0]))
         from .data import text
 
         offline = text.hub_offline_error(spec.data.source)
@@ -332,14 +302,6 @@ class _LiveRun:
             self._on_partial(update)
         except Exception:  # noqa: BLE001 - a display that fails must not cost the run
             pass
-
-
-def _dataclass_from(cls: type, values: Mapping[str, Any], what: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise InvalidSpec(f"{what}: unknown fields {sorted(unknown)}; allowed: {', '.join(sorted(names))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _progress_bar(spec: RunSpec) -> tuple[Any, Progress]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, TypeVar
 
-from .errors import InvalidSpec
+from .errors import InvalidParams, InvalidSpec, ParamError
+from .params import Param, Schema
 
 # Bump when the measurement protocol changes in a way that makes stored numbers
 # incomparable: it is part of every key, so old results stop being cache hits.
@@ -72,6 +73,110 @@ class BenchSpec:
     memory_limit_mb: int | None = None
 
 
+@dataclass(frozen=True)
+class _Sizes(Param):
+    """A non-empty list of integers in [minimum, maximum] (batch sizes, prompt lengths); a tuple once
+    coerced, as the dataclasses hold it. Comma-separated on the command line."""
+
+    def allowed(self) -> str:
+        return f"a non-empty list of integers in [{self.minimum:g}, {self.maximum:g}]"
+
+    def coerce(self, value: Any) -> Any:
+        items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
+        one = Param(self.name, "int", None, minimum=self.minimum, maximum=self.maximum)
+        try:
+            if not isinstance(items, (list, tuple)) or not items:
+                raise ValueError
+            return tuple(one.coerce(x) for x in items)
+        except ValueError:
+            raise ValueError(f"got {value!r}; allowed: {self.allowed()}") from None
+
+
+# The fields of DataSpec and BenchSpec, declared like method parameters: the session, the CLI
+# (`--data-field`, `--bench` and their help), sweep files, protocols and the app all check them
+# here. Names, defaults and order are the dataclasses' (a test holds them equal): run keys hash those.
+DATA_SCHEMA = Schema((
+    Param("source", "str", "pydoc-topics", "pydoc-topics, file:PATH (.txt or .jsonl) or hub:NAME[/CONFIG]"),
+    Param("split", "str", "train", "dataset split (hub: sources)"),
+    Param("text_field", "str", "text", "the text field of .jsonl and hub records"),
+    Param("eval_windows", "int", 8, "evaluation windows (perplexity, KL, top-1)", minimum=1, maximum=10_000),
+    Param("window", "int", 512, "tokens per evaluation window", minimum=8, maximum=32_768),
+    Param("calib_samples", "int", 32, "calibration samples", minimum=1, maximum=100_000),
+    Param("calib_seq_len", "int", 512, "tokens per calibration sample", minimum=8, maximum=32_768),
+    Param("embed_sentences", "int", 200, "sentences for the embedding models' metrics", minimum=1, maximum=100_000),
+))
+BENCH_SCHEMA = Schema((
+    _Sizes("batch_sizes", "list", (1, 2, 4, 8), "forward-pass batch sizes", minimum=1, maximum=4096),
+    Param("seq_len", "int", 128, "forward-pass sequence length", minimum=1, maximum=32_768),
+    _Sizes("prompt_lengths", "list", (32, 256), "prompt lengths for prefill and decode", minimum=1, maximum=4096),
+    # At least 2: the decode rate is timed over the tokens after the first, which the prefill makes
+    # (measure.latency.generation_table divides by decode_tokens - 1).
+    Param("decode_tokens", "int", 32, "new tokens per generate", minimum=2, maximum=4096),
+    _Sizes("generate_batch_sizes", "list", (1, 4), "generate-throughput batch sizes", minimum=1, maximum=4096),
+    Param("warmup", "int", 1, "untimed calls before each timing", minimum=0, maximum=100),
+    Param("repeats", "int", 3, "timed calls per measurement", minimum=1, maximum=1000),
+    Param("threads", "int", None, "torch threads (none: the backend's default)", minimum=1, maximum=1024,
+          nullable=True),
+    Param("latency", "bool", True, "measure latency"),
+    Param("accuracy", "bool", True, "measure accuracy"),
+    Param("save", "bool", True, "save the quantized artifact"),
+    Param("reload_check", "bool", True, "reload the saved artifact in a fresh process and re-measure accuracy"),
+    Param("memory_limit_mb", "int", None, "memory limit of the worker (none: no limit)", minimum=64,
+          maximum=10_000_000, nullable=True),
+))
+
+_SCHEMAS: dict[type, Schema] = {DataSpec: DATA_SCHEMA, BenchSpec: BENCH_SCHEMA}
+_S = TypeVar("_S", DataSpec, BenchSpec)
+
+
+def field_errors(obj: DataSpec | BenchSpec, what: str) -> tuple[dict[str, Any], list[ParamError]]:
+    """`obj`'s fields checked against its schema: (normalized fields, errors named `what.FIELD`)."""
+    values, errors = _SCHEMAS[type(obj)].errors(asdict(obj))
+    return dict(values), [ParamError(f"{what}.{e.param}", e.message) for e in errors]
+
+
+def with_fields(base: _S, values: Mapping[str, Any], what: str) -> _S:
+    """`base` with the fields in `values` changed (lists become tuples); InvalidSpec naming unknown
+    fields. Values are checked when the run is validated (`field_errors`)."""
+    allowed = _SCHEMAS[type(base)].names
+    unknown = set(values) - set(allowed)
+    if unknown:
+        raise InvalidSpec(f"{what}: unknown fields {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def parse_fields(cls: type, pairs: Iterable[str], what: str) -> dict[str, Any]:
+    """`K=V` strings (the CLI's `--data-field` / `--bench`) as typed, checked fields of `cls`;
+    InvalidParams naming every bad one."""
+    schema = _SCHEMAS[cls]
+    out: dict[str, Any] = {}
+    errors: list[ParamError] = []
+    for item in pairs:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in schema.names:
+            errors.append(ParamError(f"{what}.{key}", f"expected NAME=VALUE with NAME one of {', '.join(schema.names)}"))
+            continue
+        try:
+            out[key] = schema.get(key).coerce(raw.strip())
+        except ValueError as e:
+            errors.append(ParamError(f"{what}.{key}", str(e)))
+    if errors:
+        raise InvalidParams(errors)
+    return out
+
+
+def fields_help(cls: type) -> str:
+    """The fields of `cls` with what each one is and allows, for `--help`."""
+    return "; ".join(f"{p.name} ({p.allowed()}, default {_default(p.default)}): {p.help}" for p in _SCHEMAS[cls].params)
+
+
+def _default(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def __getattr__(name: str) -> Any:
     """`LIGHT_DATA` / `LIGHT_BENCH`: the `quick` protocol's settings under their former names.
 
@@ -123,9 +228,9 @@ class RunSpec:
         if "model" not in d or "method" not in d:
             raise InvalidSpec("a run spec needs 'model' and 'method'")
         model = d["model"]
-        d["model"] = ModelSpec(id=model) if isinstance(model, str) else _build(ModelSpec, model)
-        d["data"] = _build(DataSpec, d.get("data") or {})
-        d["bench"] = _build(BenchSpec, d.get("bench") or {})
+        d["model"] = ModelSpec(id=model) if isinstance(model, str) else _model(model)
+        d["data"] = with_fields(DataSpec(), d.get("data") or {}, "data")
+        d["bench"] = with_fields(BenchSpec(), d.get("bench") or {}, "bench")
         return cls(**d)
 
     @classmethod
@@ -155,13 +260,12 @@ class RunSpec:
         return f"{self.method}({ps})" if ps else self.method
 
 
-def _build(cls: type, d: Mapping[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
+def _model(d: Mapping[str, Any]) -> ModelSpec:
+    names = {f.name for f in fields(ModelSpec)}
     unknown = set(d) - names
     if unknown:
-        raise InvalidSpec(f"unknown {cls.__name__} fields: {sorted(unknown)}; allowed: {sorted(names)}")
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**d)
+        raise InvalidSpec(f"unknown ModelSpec fields: {sorted(unknown)}; allowed: {sorted(names)}")
+    return ModelSpec(**d)
 
 
 def data_key(model: ModelSpec, data: DataSpec) -> str:

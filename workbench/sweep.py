@@ -40,14 +40,14 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import protocols
 from .errors import InvalidSpec, MethodUnavailable, WorkbenchError
 from .result import RunResult, RunStatus
-from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec
+from .spec import BenchSpec, DataSpec, ModelSpec, RunSpec, with_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
@@ -264,9 +264,8 @@ def _dict(table: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
 
 def _table(cls: type, values: Mapping[str, Any], where: str, base: Any) -> Any:
     """`base` (the protocol's settings) with the fields of `values` changed."""
-    names = [f.name for f in fields(cls)]
-    _unknown(values, tuple(names), where)
-    return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    _unknown(values, tuple(f.name for f in fields(cls)), where)
+    return with_fields(base, values, where)
 
 
 def _protocol_key(table: Mapping[str, Any], where: str) -> str | None:

@@ -193,6 +193,8 @@ def generation_table(
     """
     _check_count("batch_size", batch_size, minimum=1)
     _check_sizes("prompt_lengths", prompt_lengths)
+    # Defensive, for direct callers: a run's settings are checked before any worker starts, by
+    # spec.BENCH_SCHEMA, whose decode_tokens minimum of 2 is this table's (the decode rate is D - 1 tokens).
     _check_count("decode_tokens", decode_tokens, minimum=2)
     sync = _sync_for(device)
     rows = []
@@ -266,6 +268,8 @@ def throughput_table(
     """
     _check_sizes("batch_sizes", batch_sizes)
     _check_count("prompt_length", prompt_length, minimum=1)
+    # Defensive, for direct callers (one token is a valid generate here); a run's rule is spec.BENCH_SCHEMA's
+    # decode_tokens >= 2, which generation_table, timed on the same settings, needs.
     _check_count("decode_tokens", decode_tokens, minimum=1)
     sync = _sync_for(device)
     rows = []
