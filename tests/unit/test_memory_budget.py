@@ -26,13 +26,11 @@ def test_the_worker_gets_the_limit_less_this_process_tree_and_the_server_reserve
     expected = 4096 * MB - held - memory_budget.SERVER_RESERVE_MB * MB
     assert abs(share - expected) < 64 * MB  # RSS moves a little between the two looks
     # A child that holds memory is the coordinator's (a prepared process) unless it is the worker.
-    child = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(b'1' * 300 * 2**20); sys.stdin.read()"],
-                             stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(300 * 2**20); x[::4096] = b'1' * "
+                              "len(x[::4096]); print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        for _ in range(100):
-            if memory_budget.rss(child.pid) > 290 * MB:
-                break
-            subprocess.run(["sleep", "0.05"])
+        assert child.stdout.readline().strip() == "ready"  # every page written: resident, and stays so
         assert memory_budget.group_rss(os.getpgid(child.pid)) >= memory_budget.rss(child.pid) > 290 * MB
         with_child, without = b.worker_bytes(), b.worker_bytes(exclude=child.pid)
         assert without - with_child > 250 * MB

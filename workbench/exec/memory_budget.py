@@ -4,7 +4,7 @@ mybinder.org runs a session in a container of at most 2 GB and says so in `MEM_L
 by JupyterHub); `WORKBENCH_MEMORY_LIMIT_MB` says the same in MiB anywhere else and wins. When the
 container goes over, the kernel's out-of-memory killer takes a process of its choosing, possibly
 the notebook kernel with the visitor's session. So, with a limit set, the executor watches each
-worker's resident memory (its whole process group: the reference subprocess too) and stops the
+worker's memory (its whole process group: the reference subprocess too; see `rss` for what counts) and stops the
 run before the container is full; the run is stored as `oom` with the limit it hit, and the
 session lives on.
 
@@ -74,7 +74,20 @@ def budget(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Budget
 
 
 def rss(pid: int) -> int:
-    """Resident bytes of one process (0 when it is gone)."""
+    """The memory of one process that a container's limit cannot take back: its proportional share
+    (PSS) of anonymous and shared-memory pages, in bytes (0 when it is gone).
+
+    Not VmRSS, for two reasons seen here: a worker's child forked from it (a library's helper
+    process) shares its pages copy-on-write, and summing RSS counted them twice (an ov-weight int4
+    run "reached" 2.0 GB whose worker peaked at 1.2 GB); and file-backed pages (the mapped fp32
+    IR, libraries) are page cache the kernel reclaims under the limit before it kills anything.
+    Falls back to VmRSS where smaps_rollup is missing (kernels before 4.14)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+                      if ":" in line)
+        return (int(fields["Pss_Anon"].split()[0]) + int(fields.get("Pss_Shmem", "0 kB").split()[0])) * 1024
+    except (OSError, ValueError, IndexError, KeyError):
+        pass
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
