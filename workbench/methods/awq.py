@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_texts, dataset_check
 from .gptq import in_directory, needs_dataset, shape_errors
@@ -109,11 +109,7 @@ class AWQ(Method):
             return f"kernel={kernel} runs only on CUDA; allowed on {device}: torch_fused_awq, torch_awq"
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers = getattr(model, "linear_layers", None) or {}
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         out: list[ParamError] = []
         model_type = (getattr(model, "config", None) or {}).get("model_type")
         if p["do_fuse"] and model_type and model_type not in FUSABLE:
@@ -192,7 +188,7 @@ class AWQ(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable, token_rows_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         load = (f"model = AutoAWQForCausalLM.from_quantized('model-awq', fuse_layers=True, "
                 f"max_seq_len={p.get('fuse_max_seq_len')})  # CUDA\n") if p["do_fuse"] else \
             (f"model = AutoModelForCausalLM.from_pretrained('model-awq', device_map='cpu', "

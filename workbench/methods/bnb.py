@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -85,6 +85,7 @@ class BitsAndBytes(Method):
     """bitsandbytes LLM.int8 and 4-bit NF4/FP4 through transformers."""
 
     name = "bnb"
+    model_errors_need_layers = True
     backend = "bitsandbytes"
     env = "torch"
     description = (
@@ -148,13 +149,7 @@ class BitsAndBytes(Method):
             )
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []  # shapes unknown before loading: transformers applies the patterns as they are
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         errors = self._pattern_errors(list(layers), p)
         config = getattr(model, "config", None) or {}
         skip = p.get("llm_int8_skip_modules")
@@ -225,7 +220,7 @@ class BitsAndBytes(Method):
         import torch
         from transformers import BitsAndBytesConfig
 
-        p = self.schema.normalize(params, "bnb")
+        p = self.values(params)
         device = str(ctx.device)
         self._check_device(p, device)
         kw = self.config_kwargs(p)
@@ -266,13 +261,13 @@ class BitsAndBytes(Method):
 
     def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
         # transformers reads the quantization config back from the saved config.json.
-        p = self.schema.normalize(params, "bnb")
+        p = self.values(params)
         return ctx.load_model("float32", path=path, device_map=self.device_map(p, str(ctx.device)))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "bnb")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         kw = self.config_kwargs(p)

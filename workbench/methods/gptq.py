@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import group_size_error, select_layers
@@ -81,6 +81,7 @@ class GPTQ(Method):
     """GPTQ 2/3/4/8-bit through GPTQModel, evaluated through transformers with a GPTQModel kernel."""
 
     name = "gptq"
+    model_errors_need_layers = True
     backend = "gptqmodel"
     env = "gptq"
     description = ("GPTQ through GPTQModel: error-compensating 2/3/4/8-bit weight quantization calibrated on text; "
@@ -117,11 +118,7 @@ class GPTQ(Method):
             return f"kernel={kernel} runs only on CUDA; allowed on {device}: default, gptq_torch_aten, torch_int8, torch"
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers = getattr(model, "linear_layers", None) or {}
-        p, errors = self.schema.errors(params)
-        if errors or not layers:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return shape_errors(layers, p["group_size"], ["lm_head"], remedy="or -1 (one scale per output channel)")
 
     def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
@@ -189,7 +186,7 @@ class GPTQ(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable, token_rows_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         group_aware = not p["desc_act"] and p["group_size"] > 0
         return (
             "import os\n"

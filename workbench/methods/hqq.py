@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .layers import few as _few
 from .layers import left_out_note, replace_layers_code, select_layers, selection_error
@@ -67,6 +67,7 @@ class HQQ(Method):
     """hqq (Half-Quadratic Quantization): calibration-free affine weight quantization, 1-8 bits."""
 
     name = "hqq"
+    model_errors_need_layers = True
     backend = "hqq"
     env = "torch"
     description = (
@@ -102,13 +103,7 @@ class HQQ(Method):
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p["include"], p["exclude"], p["group_size"])
 
     @staticmethod
@@ -144,7 +139,7 @@ class HQQ(Method):
         import torch
         from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
 
-        p = self.schema.normalize(params, "hqq")
+        p = self.values(params)
         nbits, group_size, axis, dtype_name = p["nbits"], p["group_size"], p["axis"], p["compute_dtype"]
         dtype = getattr(torch, dtype_name)
         device = str(ctx.device)
@@ -221,7 +216,7 @@ class HQQ(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "hqq")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import few, group_size_error, select_layers, selection_error
@@ -67,6 +67,7 @@ class LLMCompressor(Method):
     """llm-compressor oneshot (RTN / GPTQ / AWQ) into a compressed-tensors checkpoint."""
 
     name = "llmcompressor"
+    model_errors_need_layers = True
     backend = "llm-compressor"
     env = "llmcompressor"
     description = (
@@ -114,11 +115,7 @@ class LLMCompressor(Method):
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        p, errors = self.schema.errors(params)
-        if errors or not layers:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p)
 
     @staticmethod
@@ -230,7 +227,7 @@ class LLMCompressor(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable, token_rows_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         ignore = [ignore_regex(pat) for pat in p["ignore"]]
         lines = [
             "import torch",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ParamError
-from ..params import Param, Schema
+from ..params import Param, Schema, Values
 from .base import Built, Method
 
 # Libraries whose linear modules hold quantized weights.
@@ -93,10 +93,7 @@ class PreQuantized(Method):
         ),
     )
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         err = self.checkpoint_error(p["checkpoint"], getattr(model, "config", None))
         return [ParamError("checkpoint", err)] if err else []
 
@@ -155,7 +152,7 @@ class PreQuantized(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         checkpoint = str(p.get("checkpoint") or "").strip()
         ckpt = loadable(checkpoint, self.env) if checkpoint else None
         m = loadable(model_id, self.env)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Param, Schema
+from ..params import Param, Schema, Values
 from .base import Built, Method
 
 WEIGHTS_FILE = "model.safetensors"
@@ -56,6 +56,7 @@ class Quanto(Method):
     """optimum-quanto: int2/int4/int8/float8 weights, optional int8/float8 activations."""
 
     name = "quanto"
+    model_errors_need_layers = True
     backend = "optimum-quanto"
     env = "torch"
     description = (
@@ -87,13 +88,7 @@ class Quanto(Method):
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._selection_errors(list(layers), p["exclude"])
 
     @staticmethod
@@ -111,7 +106,7 @@ class Quanto(Method):
         import torch
         from optimum.quanto import Calibration, freeze, quantize
 
-        p = self.schema.normalize(params, "quanto")
+        p = self.values(params)
         model = ctx.load_model("float32")
         linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         errors = self._selection_errors(linears, p["exclude"])
@@ -161,7 +156,7 @@ class Quanto(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable
 
-        p = self.schema.normalize(params, "quanto")
+        p = self.values(params)
         w, a = QTYPES[p["weights"]], QTYPES[p["activations"]] if p["activations"] else None
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")

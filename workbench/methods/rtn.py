@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .layers import few as _few
 from .layers import group_size_error, replace_layers_code, select_layers, selection_error
@@ -46,6 +46,7 @@ class RTN(Method):
     """Round-to-nearest weight-only quantization with packed codes (the workbench's reference)."""
 
     name = "rtn"
+    model_errors_need_layers = True
     backend = "workbench"
     env = "torch"
     description = (
@@ -78,13 +79,7 @@ class RTN(Method):
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []  # shapes unknown before loading: build() checks them on the model
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []  # the schema's own errors are reported by whoever validated the params
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p["include"], p["exclude"], p["group_size"])
 
     @staticmethod
@@ -106,7 +101,7 @@ class RTN(Method):
 
         from ..teach.qlinear import QuantLinear
 
-        p = self.schema.normalize(params, "rtn")
+        p = self.values(params)
 
         def quantize(weight: Any) -> Any:
             linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
@@ -120,7 +115,7 @@ class RTN(Method):
 
         from ..teach.qlinear import QuantLinear
 
-        p = self.schema.normalize(params, "rtn")
+        p = self.values(params)
         bits, sym, group_size = p["bits"], p["sym"], p["group_size"]
         model = ctx.load_model("float32")
         linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -180,7 +175,7 @@ class RTN(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "rtn")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InvalidParams, MethodUnavailable, ParamError
-from ..params import Param, Schema
+from ..params import Param, Schema, Values
 from .base import Built, Method
 from .layers import few as _few
 from .layers import group_size_error, left_out_note, select_layers, selection_error
@@ -108,6 +108,7 @@ class TorchAO(Method):
     """torchao `quantize_` on the selected linear layers: int8, int4 and float8 weight (and activation) schemes."""
 
     name = "torchao"
+    model_errors_need_layers = True
     backend = "torchao"
     env = "torch"
     description = (
@@ -145,13 +146,7 @@ class TorchAO(Method):
             return f"scheme={scheme} on device cpu: {NO_CPU[scheme]}"
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p)
 
     @staticmethod
@@ -173,7 +168,7 @@ class TorchAO(Method):
         import torch
         from torchao.quantization import quantize_
 
-        p = self.schema.normalize(params, "torchao")
+        p = self.values(params)
         scheme, group_size = p["scheme"], p.get("group_size", 64)
         device = str(ctx.device)
         _check_device(scheme, device, self.unavailable_reason(p, device))
@@ -244,14 +239,14 @@ class TorchAO(Method):
     def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
         # transformers reads the TorchAoConfig from config.json and rebuilds the tensor subclasses
         # from the flattened safetensors (torchao's own metadata says which class each weight is).
-        p = self.schema.normalize(params, "torchao")
+        p = self.values(params)
         info = json.loads((Path(path) / CONFIG_FILE).read_text())
         return ctx.load_model(info.get("dtype", _model_dtype(p["scheme"])), path=Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "torchao")
+        p = self.values(params)
         scheme = p["scheme"]
         dtype = _model_dtype(scheme)
         m = loadable(model_id, self.env)

@@ -28,7 +28,7 @@ from ...data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, PROMPT_CHARS, QUESTION
 from ...data.text import source_error
 from ...errors import ParamError
 from ...models.catalog import PIPELINE_KINDS
-from ...params import Param, Schema
+from ...params import Param, Schema, Values
 from .common import OpenVINOMethod, precision_param, probe_values
 
 DATASET_FORMS = {
@@ -77,10 +77,7 @@ class OVHybrid(OpenVINOMethod):
     requires = OpenVINOMethod.requires + ("diffusers", "pillow")
     schema = _schema()
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         kind = getattr(model, "kind", "")
         dataset = p["dataset"]
         out: list[ParamError] = []
@@ -192,7 +189,7 @@ class OVHybrid(OpenVINOMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import OV_CLASSES, calibration_code, loadable, ov_config_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         ov_config = ov_config_code(p["inference_precision"])
         args = f"bits={p['bits']}, sym={p['sym']}"

@@ -100,7 +100,7 @@ class OVStatic(OpenVINOMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import calibration_code, loadable, ov_config_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         args = f"num_samples={p['num_samples']}, sym={p['sym']}"
         if p["smooth_quant_alpha"] is not None:

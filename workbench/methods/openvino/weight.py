@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from ...data.text import source_error
 from ...errors import ParamError
-from ...params import Check, Param, Schema
+from ...params import Check, Param, Schema, Values
 from ..layers import group_size_error
 from ..calibration import calibration_texts
 from .common import OpenVINOMethod, precision_param, probe_values
@@ -182,10 +182,7 @@ class OVWeight(OpenVINOMethod):
     schema = _SchemaFromProbe()  # type: ignore[assignment]
 
     # --- kernel side -------------------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         out: list[ParamError] = []
         kind = getattr(model, "kind", "causal-lm")
         if p["bits"] == 4 and kind != "causal-lm":
@@ -194,7 +191,6 @@ class OVWeight(OpenVINOMethod):
                 out.append(ParamError(used[0], f"{', '.join(used)}: NNCF's data-aware algorithms are applied "
                                                f"to causal LMs here; {getattr(model, 'name', 'this model')} is "
                                                f"an {kind}; allowed for it: data-free 4-bit or 8-bit"))
-        layers = getattr(model, "linear_layers", None) or {}
         if p["bits"] == 4 and p["group_size_fallback"] == "error" and layers:
             selected = [n for n in layers if p["all_layers"] or n.rsplit(".", 1)[-1] != "lm_head"]
             err = group_size_error(
@@ -259,7 +255,7 @@ class OVWeight(OpenVINOMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import OV_CLASSES, calibration_code, loadable, ov_config_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         cls = OV_CLASSES.get(m.kind or "", "OVModelForCausalLM")
         lines = [f"from optimum.intel import {cls}, OVWeightQuantizationConfig{m.hint('OVModelForFeatureExtraction')}",

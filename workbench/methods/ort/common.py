@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ...errors import ParamError
-from ...params import Param
+from ...params import Param, Values
 from ..base import Built, Method
 from ..layers import few
 
@@ -113,11 +113,10 @@ class ORTMethod(Method):
     default_exclude: tuple[str, ...] = ()
 
     # --- kernel side -------------------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors or "exclude" not in p:
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
+        if "exclude" not in p:
             return []
-        return exclude_errors(p["exclude"], self.default_exclude, getattr(model, "linear_layers", None) or {},
+        return exclude_errors(p["exclude"], self.default_exclude, layers,
                               getattr(model, "name", "this model"))
 
     # --- worker side -------------------------------------------------------

@@ -85,7 +85,7 @@ class ORTDynamic(ORTMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import ORT_CLASSES, loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")
         return (

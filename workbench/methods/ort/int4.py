@@ -107,7 +107,7 @@ class ORTInt4(ORTMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import ORT_CLASSES, loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         ops = ("MatMul", "Gather") if p["embedding"] else ("MatMul",)
         m = loadable(model_id, self.env)
         cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")

@@ -118,7 +118,7 @@ class ORTStatic(ORTMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import calibration_code, loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         cal = {"minmax": "AutoCalibrationConfig.minmax(calib)",
                "entropy": f"AutoCalibrationConfig.entropy(calib{_bins_arg(p)})",
                "percentile": f"AutoCalibrationConfig.percentiles(calib{_bins_arg(p)}, percentile={p.get('percentile')})",

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from workbench.errors import InvalidParams, ParamError
 from workbench.methods.base import Built, Method
 from workbench.methods.layers import few, replace_layers_code, select_layers, selection_error
-from workbench.params import Param, Schema
+from workbench.params import Param, Schema, Values
 
 BLOCK = 32  # values per block in every type offered here (QK8_0, QK5_0, QK4_0, ...)
 TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
@@ -46,14 +46,10 @@ class GGUFBlocks(Method):
     ))
 
     # --- kernel side (no torch, no gguf) ----------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         if p["qtype"] in K_QUANTS:
             return [ParamError("qtype", f"{p['qtype']} cannot be made here: gguf's Python quantizer implements no "
                                         f"k-quant (NotImplementedError); allowed: {', '.join(TYPES)}")]
-        layers = getattr(model, "linear_layers", None) or {}
         return self._shape_errors(layers, p) if layers else []
 
     @staticmethod
@@ -73,7 +69,7 @@ class GGUFBlocks(Method):
 
         from .layer import GGUFLinear
 
-        p = self.schema.normalize(params, "gguf")
+        p = self.values(params)
         if p["qtype"] in K_QUANTS:
             raise InvalidParams(self.check_model(p, None), "gguf")
         model = ctx.load_model("float32")
@@ -107,7 +103,7 @@ class GGUFBlocks(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from workbench.models.snippet import loadable
 
-        p = self.schema.normalize(params, "gguf")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
