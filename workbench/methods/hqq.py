@@ -35,7 +35,7 @@ from typing import Any, Mapping
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema, Values
 from .base import Built, Method
-from .layers import few as _few
+from .layers import exclude_param, few as _few, include_param
 from .layers import left_out_note, replace_layers_code, select_layers, selection_error
 from .rtn import _tie_notes
 
@@ -93,11 +93,9 @@ class HQQ(Method):
             Param("compute_dtype", "choice", "float32", choices=("float32", "bfloat16", "float16"),
                   help="dtype of the dequantized weights, the matmuls, the scales and zero points and of the "
                        "layers left unquantized. float32 matches the reference."),
-            Param("include", "list", ["*"],
-                  help="fnmatch patterns of the module names to quantize, matched against the full name."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave unquantized (hqq leaves lm_head out by "
-                       "default too). SmolLM2 ties lm_head to the embeddings: quantizing it unties it."),
+            include_param(),
+            exclude_param("unquantized", " (hqq leaves lm_head out by default too). SmolLM2 ties lm_head to "
+                                         "the embeddings: quantizing it unties it"),
         ),
         checks=(Check(("group_size",), _check_group_size),),
     )

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import InvalidParams, ParamError
 from ..params import Param, Schema, Values
 from .base import Built, Method
+from .layers import exclude_param
 
 WEIGHTS_FILE = "model.safetensors"
 QMAP_FILE = "quanto_qmap.json"
@@ -81,9 +82,8 @@ class Quanto(Method):
                   visible_when={"activations": ("int8", "float8")},
                   help="How many of the data's calibration samples pass through the model to set the "
                        "activation scales (quanto's Calibration, momentum 0.9); at most data.calib_samples."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave in float (quanto's exclude), e.g. lm_head, "
-                       "*.down_proj. SmolLM2 ties lm_head to the embeddings: quantizing it stores both."),
+            exclude_param("in float", " (quanto's exclude), e.g. lm_head, *.down_proj. SmolLM2 ties lm_head to "
+                                      "the embeddings: quantizing it stores both"),
         ),
     )
 

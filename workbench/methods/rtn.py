@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema, Values
 from .base import Built, Method
-from .layers import few as _few
+from .layers import exclude_param, few as _few, include_param
 from .layers import group_size_error, replace_layers_code, select_layers, selection_error
 
 CONFIG_FILE = "quant_config.json"
@@ -68,12 +68,9 @@ class RTN(Method):
                   help="Consecutive input columns that share a scale, in each output row. "
                        "-1: one scale per output channel; 0: one scale per tensor; else a multiple of 8 "
                        "that divides the input dimension of every selected layer."),
-            Param("include", "list", ["*"],
-                  help="fnmatch patterns of the module names to quantize, matched against the full name "
-                       "(e.g. '*.mlp.*', 'model.layers.1?.*')."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave in full precision. SmolLM2 ties lm_head "
-                       "to the embeddings: quantizing it unties it and adds its packed copy."),
+            include_param(" (e.g. '*.mlp.*', 'model.layers.1?.*')"),
+            exclude_param(extra=". SmolLM2 ties lm_head to the embeddings: quantizing it unties it and adds its "
+                                "packed copy"),
         ),
         checks=(Check(("group_size",), _check_group_size),),
     )

@@ -43,7 +43,7 @@ from typing import Any, Mapping
 from ..errors import InvalidParams, MethodUnavailable, ParamError
 from ..params import Param, Schema, Values
 from .base import Built, Method
-from .layers import few as _few
+from .layers import exclude_param, few as _few, include_param
 from .layers import group_size_error, left_out_note, select_layers, selection_error
 from .rtn import _tie_notes
 
@@ -130,12 +130,8 @@ class TorchAO(Method):
             Param("group_size", "choice", 64, choices=INT4_GROUP_SIZES, visible_when={"scheme": "int4_weight_only"},
                   help="Input columns per int4 scale and zero point; must divide the input dimension of every "
                        "selected layer (torchao silently skips a layer it does not divide; the workbench refuses)."),
-            Param("include", "list", ["*"],
-                  help="fnmatch patterns of the module names to quantize, matched against the full name "
-                       "(e.g. '*.mlp.*'). Passed to quantize_ as its filter_fn."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave in full precision. SmolLM2 ties lm_head to "
-                       "the embeddings: quantizing it unties it and stores both."),
+            include_param(" (e.g. '*.mlp.*'). Passed to quantize_ as its filter_fn"),
+            exclude_param(extra=". SmolLM2 ties lm_head to the embeddings: quantizing it unties it and stores both"),
         ),
     )
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from workbench.errors import InvalidParams, ParamError
 from workbench.methods.base import Built, Method
-from workbench.methods.layers import few, replace_layers_code, select_layers, selection_error
+from workbench.methods.layers import exclude_param, few, include_param, replace_layers_code, select_layers, selection_error
 from workbench.params import Param, Schema, Values
 
 BLOCK = 32  # values per block in every type offered here (QK8_0, QK5_0, QK4_0, ...)
@@ -41,8 +41,8 @@ class GGUFBlocks(Method):
     schema = Schema((
         Param("qtype", "choice", "Q8_0", choices=TYPES + K_QUANTS,
               help="GGUF tensor type. The k-quants are listed but refused: the gguf package cannot quantize them."),
-        Param("include", "list", ["*"], help="fnmatch patterns of the Linear layers to quantize."),
-        Param("exclude", "list", ["lm_head"], help="fnmatch patterns of Linear layers to leave in float32."),
+        include_param(),
+        exclude_param("in float32"),
     ))
 
     # --- kernel side (no torch, no gguf) ----------------------------------------------
