@@ -20,7 +20,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ParamError
 from ..params import Check, Param, Schema, Values
@@ -28,6 +28,9 @@ from .base import Built, Method
 from .calibration import calibration_params, calibration_texts, dataset_check
 from .gptq import in_directory, needs_dataset, shape_errors
 from .layers import few, select_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CHECKPOINT_DIR = "checkpoint"
 FUSABLE = ("llama", "mistral")
@@ -124,7 +127,7 @@ class AWQ(Method):
                                           f"{len(bad)} layers have other counts ({few(bad)}): use clip=auto or off"))
         return out
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from awq import AutoAWQForCausalLM
 
@@ -169,7 +172,7 @@ class AWQ(Method):
                    "measured after saving and reloading the checkpoint (AutoAWQ cannot run it on CPU itself)"],
         )
 
-    def load_checkpoint(self, ctx: Any, p: Mapping[str, Any], path: Path) -> Any:
+    def load_checkpoint(self, ctx: BuildContext, p: Mapping[str, Any], path: Path) -> Any:
         if p["do_fuse"]:
             from awq import AutoAWQForCausalLM
 
@@ -182,7 +185,7 @@ class AWQ(Method):
         return ctx.load_model("float32", path=path, device_map=device,
                               quantization_config=AwqConfig(bits=p["bits"], backend=p["kernel"]))
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         return self.load_checkpoint(ctx, params, Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
@@ -273,7 +276,7 @@ class _scale_search_keeps_weights:
 class _layer_progress:
     """AutoAWQ walks the decoder layers under `tqdm(range(n), desc="AWQ")`: report each step."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: BuildContext):
         self.ctx = ctx
         self.module: Any = None
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from ..errors import ParamError
-from ..params import Param, Schema, Values
+from ..params import Schema, Values
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
     from ..models.catalog import ModelInfo
     from ..spec import RunSpec
 
@@ -115,8 +116,8 @@ class Method(ABC):
         return None
 
     @abstractmethod
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
-        """Load and quantize the model (in the worker). `ctx` is a `workbench.worker.BuildContext`."""
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
+        """Load and quantize the model (in the worker)."""
 
     def layer_quantizer(self, params: Mapping[str, Any]) -> "Callable[[Any], Any] | None":
         """weight -> the weight as this method would compute with it (quantized and dequantized),
@@ -128,7 +129,7 @@ class Method(ABC):
     def has_layer_quantizer(cls) -> bool:
         return cls.layer_quantizer is not Method.layer_quantizer
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         """Load what `Built.save` wrote to `path`, for the save-and-reload check.
 
         Runs in a fresh worker process; returns a model measured like `Built.model`.

@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema, Values
-from .base import Built, Method
+from .base import Built
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 TIED_MESSAGE = (
@@ -81,21 +85,18 @@ def _few(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
-class BitsAndBytes(Method):
+class BitsAndBytes(TorchMethod):
     """bitsandbytes LLM.int8 and 4-bit NF4/FP4 through transformers."""
 
     name = "bnb"
     model_errors_need_layers = True
     backend = "bitsandbytes"
-    env = "torch"
     description = (
         "bitsandbytes through transformers' BitsAndBytesConfig: LLM.int8 (int8 weights, outlier "
         "columns in float) or 4-bit NF4/FP4 with block scales (optionally double-quantized)."
     )
     requires = ("torch", "transformers", "accelerate", "bitsandbytes")
     install_hint = "pip install bitsandbytes==0.50.2 into the torch environment (workbench env create torch)"
-    devices = ("cpu", "cuda")
-    model_kinds = ("causal-lm", "encoder")
     quantizes = True
     schema = Schema(
         (
@@ -216,7 +217,7 @@ class BitsAndBytes(Method):
         return dmap
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from transformers import BitsAndBytesConfig
 
@@ -259,7 +260,7 @@ class BitsAndBytes(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # transformers reads the quantization config back from the saved config.json.
         p = self.values(params)
         return ctx.load_model("float32", path=path, device_map=self.device_map(p, str(ctx.device)))
@@ -351,7 +352,7 @@ def _tied_bnb_layers(model: Any) -> list[str]:
     return out
 
 
-def _warm_up(model: Any, ctx: Any) -> None:
+def _warm_up(model: Any, ctx: BuildContext) -> None:
     """One short forward, so the model is measured, saved and timed as it runs."""
     import torch
 

@@ -30,14 +30,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema, Values
-from .base import Built, Method
+from .base import Built
 from .layers import exclude_param, few as _few, include_param
 from .layers import left_out_note, replace_layers_code, select_layers, selection_error
 from .rtn import _tie_notes
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,20 +67,18 @@ def storage_bits(nbits: int) -> float:
     return 3.2 if nbits == 3 else float(nbits)
 
 
-class HQQ(Method):
+class HQQ(TorchMethod):
     """hqq (Half-Quadratic Quantization): calibration-free affine weight quantization, 1-8 bits."""
 
     name = "hqq"
     model_errors_need_layers = True
     backend = "hqq"
-    env = "torch"
     description = (
         "HQQ: calibration-free weight quantization (1, 2, 3, 4, 8 bits) whose scales and zero points are fitted "
         "by a half-quadratic solver; hqq's HQQLinear, PyTorch backend (dequantize on the fly)."
     )
     requires = ("torch", "hqq", "transformers", "safetensors")
     install_hint = "pip install hqq==0.2.8.post1 (in the torch environment: workbench env create torch)"
-    devices = ("cpu", "cuda")
     quantizes = True
     schema = Schema(
         (
@@ -133,7 +135,7 @@ class HQQ(Method):
         )]
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
 
@@ -207,7 +209,7 @@ class HQQ(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         config = json.loads((Path(path) / CONFIG_FILE).read_text())
         return load_quantized(ctx.load_model(config["compute_dtype"]), Path(path), str(ctx.device))
 

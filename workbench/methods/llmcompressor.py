@@ -29,13 +29,16 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import few, group_size_error, select_layers, selection_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 SCHEMES = ("W8A8", "W4A16", "W8A16", "FP8_DYNAMIC")
 MODIFIERS = ("rtn", "gptq", "awq")
@@ -128,7 +131,7 @@ class LLMCompressor(Method):
         return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
 
         p = params
@@ -182,7 +185,7 @@ class LLMCompressor(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         from .prequantized import load_checkpoint
 
         return load_checkpoint(ctx, Path(path))
@@ -217,7 +220,7 @@ class LLMCompressor(Method):
         return [QuantizationModifier(ignore=ignore, **scheme)], notes
 
     @staticmethod
-    def _dataset(ctx: Any, p: Mapping[str, Any]) -> Any:
+    def _dataset(ctx: BuildContext, p: Mapping[str, Any]) -> Any:
         """The calibration samples, tokenized here (llm-compressor takes a tokenized Dataset as is)."""
         from datasets import Dataset
 
@@ -307,7 +310,7 @@ def _awq_mappings(ignored: list[str]) -> tuple[list[Any] | None, list[str]]:
 class _layer_progress:
     """Reports llm-compressor's sequential pipeline ("(i/N): Calibrating") as per-layer progress."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: BuildContext):
         self.ctx = ctx
         self.original: Any = None
 

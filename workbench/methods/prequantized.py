@@ -16,11 +16,14 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ParamError
 from ..params import Param, Schema, Values
 from .base import Built, Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 # Libraries whose linear modules hold quantized weights.
 _QUANT_LIBRARIES = ("gptqmodel", "awq", "aqlm", "vptq", "spqr_quant")
@@ -50,7 +53,7 @@ def checkpoint_weight_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
-def load_checkpoint(ctx: Any, path: Path) -> Any:
+def load_checkpoint(ctx: BuildContext, path: Path) -> Any:
     """The checkpoint at `path` loaded by transformers (its quantizer chosen by quantization_config)."""
     return ctx.load_model("float32", path=path)
 
@@ -122,7 +125,7 @@ class PreQuantized(Method):
                         f"{'; '.join(diff)})")
         return None
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         path = Path(params["checkpoint"]).expanduser()
         err = self.checkpoint_error(str(path), None)
         if err:
@@ -204,7 +207,7 @@ class CompressedTensors(PreQuantized):
                       + (" sym" if a.get("symmetric") else " asym") for a in weights)
         return f"format {qc.get('format')!r}; weights {w or 'none'}; {len(qc.get('ignore') or [])} modules ignored"
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         return load_checkpoint(ctx, Path(path))
 
 

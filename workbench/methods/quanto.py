@@ -29,12 +29,16 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import InvalidParams, ParamError
 from ..params import Param, Schema, Values
-from .base import Built, Method
+from .base import Built
 from .layers import exclude_param
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 WEIGHTS_FILE = "model.safetensors"
 QMAP_FILE = "quanto_qmap.json"
@@ -53,21 +57,18 @@ def excluded(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-class Quanto(Method):
+class Quanto(TorchMethod):
     """optimum-quanto: int2/int4/int8/float8 weights, optional int8/float8 activations."""
 
     name = "quanto"
     model_errors_need_layers = True
     backend = "optimum-quanto"
-    env = "torch"
     description = (
         "optimum-quanto: weights int2/int4 (grouped, affine) or int8/float8 (per output row), optionally "
         "int8/float8 activations with scales calibrated on a few samples; quantized tensor subclasses."
     )
     requires = ("torch", "transformers", "optimum-quanto", "safetensors")
     install_hint = "pip install optimum-quanto==0.2.7 into the torch environment (workbench env create torch)"
-    devices = ("cpu", "cuda")
-    model_kinds = ("causal-lm", "encoder")
     quantizes = True
     schema = Schema(
         (
@@ -102,7 +103,7 @@ class Quanto(Method):
         )]
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from optimum.quanto import Calibration, freeze, quantize
 
@@ -149,7 +150,7 @@ class Quanto(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # The architecture in float (from the model's own files), then quanto's requantize.
         return load_quantized(ctx.load_model("float32"), Path(path), str(ctx.device))
 
@@ -270,7 +271,7 @@ def _untie_selected(model: Any, selected: list[str]) -> list[str]:
     return notes
 
 
-def _calibrate(ctx: Any, model: Any, samples: int, calibration: Any) -> str:
+def _calibrate(ctx: BuildContext, model: Any, samples: int, calibration: Any) -> str:
     texts = ctx.calibration_texts()[:samples]
     tok = ctx.tokenizer()
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None

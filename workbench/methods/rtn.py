@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, ParamError
 from ..params import Check, Param, Schema, Values
-from .base import Built, Method
+from .base import Built
 from .layers import exclude_param, few as _few, include_param
 from .layers import group_size_error, replace_layers_code, select_layers, selection_error
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,19 +46,17 @@ def _check_group_size(values: Mapping[str, Any]) -> str | None:
     )
 
 
-class RTN(Method):
+class RTN(TorchMethod):
     """Round-to-nearest weight-only quantization with packed codes (the workbench's reference)."""
 
     name = "rtn"
     model_errors_need_layers = True
     backend = "workbench"
-    env = "torch"
     description = (
         "Reference round-to-nearest weight quantization (2-8 bits, per tensor, channel or group; "
         "symmetric or affine) with really packed codes, dequantized on the fly."
     )
     requires = ("torch", "safetensors")
-    devices = ("cpu", "cuda")
     quantizes = True
     schema = Schema(
         (
@@ -107,7 +109,7 @@ class RTN(Method):
 
         return quantize
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
 
         from ..teach.qlinear import QuantLinear
@@ -165,7 +167,7 @@ class RTN(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # The architecture in float (from the model's own config), then the packed layers from the file.
         return load_quantized(ctx.load_model("float32"), Path(path))
 

@@ -38,14 +38,18 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, MethodUnavailable, ParamError
 from ..params import Param, Schema, Values
-from .base import Built, Method
+from .base import Built
 from .layers import exclude_param, few as _few, include_param
 from .layers import group_size_error, left_out_note, select_layers, selection_error
 from .rtn import _tie_notes
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 SCHEMES = ("int8_weight_only", "int8_dynamic", "int4_weight_only", "float8_weight_only", "float8_dynamic")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the tinygemm int4 kernel takes
@@ -104,20 +108,18 @@ def _is_quantized_weight(w: Any) -> bool:
     return isinstance(w, TorchAOBaseTensor)
 
 
-class TorchAO(Method):
+class TorchAO(TorchMethod):
     """torchao `quantize_` on the selected linear layers: int8, int4 and float8 weight (and activation) schemes."""
 
     name = "torchao"
     model_errors_need_layers = True
     backend = "torchao"
-    env = "torch"
     description = (
         "PyTorch's torchao: int8 weight-only, int8 dynamic activation + int8 weight, float8 weight-only on CPU; "
         "int4 weight-only and float8 dynamic on CUDA. Weights become torchao tensor subclasses."
     )
     requires = ("torch", "torchao", "transformers", "safetensors")
     install_hint = "pip install torchao==0.18.0 (in the torch environment: workbench env create torch)"
-    devices = ("cpu", "cuda")
     quantizes = True
     schema = Schema(
         (
@@ -160,7 +162,7 @@ class TorchAO(Method):
         return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from torchao.quantization import quantize_
 
@@ -232,7 +234,7 @@ class TorchAO(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # transformers reads the TorchAoConfig from config.json and rebuilds the tensor subclasses
         # from the flattened safetensors (torchao's own metadata says which class each weight is).
         p = self.values(params)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...data.text import source_error
 from ...errors import ParamError
@@ -33,6 +33,9 @@ from ...params import Check, Param, Schema, Values
 from ..layers import group_size_error
 from ..calibration import calibration_texts
 from .common import OpenVINOMethod, precision_param, probe_values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
 # Sensitivity metrics that work without activations (NNCF: the others need a dataset).
@@ -203,7 +206,7 @@ class OVWeight(OpenVINOMethod):
         return out
 
     # --- worker side -------------------------------------------------------
-    def quantization_config(self, ctx: Any, p: Mapping[str, Any], tokenizer_dir: str) -> Any:
+    def quantization_config(self, ctx: BuildContext, p: Mapping[str, Any], tokenizer_dir: str) -> Any:
         """The `OVWeightQuantizationConfig` of these parameters (calibration texts loaded when needed)."""
         from optimum.intel import OVWeightQuantizationConfig
 
@@ -229,7 +232,7 @@ class OVWeight(OpenVINOMethod):
                           num_samples=p["num_samples"], tokenizer=tokenizer_dir)
         return OVWeightQuantizationConfig(**kwargs)
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from . import runtime
 
         p = params

@@ -15,12 +15,15 @@ does not implement them (it raises NotImplementedError; they are dequantize-only
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from workbench.errors import InvalidParams, ParamError
 from workbench.methods.base import Built, Method
 from workbench.methods.layers import exclude_param, few, include_param, replace_layers_code, select_layers, selection_error
 from workbench.params import Param, Schema, Values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.measure.context import BuildContext
 
 BLOCK = 32  # values per block in every type offered here (QK8_0, QK5_0, QK4_0, ...)
 TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
@@ -64,7 +67,7 @@ class GGUFBlocks(Method):
         return []
 
     # --- worker side ----------------------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
 
         from .layer import GGUFLinear
