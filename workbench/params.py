@@ -178,6 +178,9 @@ class Values(Mapping[str, Any]):
 
     __hash__ = None  # type: ignore[assignment]  # values may hold lists
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Values, (self._data,))
+
     def __repr__(self) -> str:
         return f"Values({self._data!r})"
 
