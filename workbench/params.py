@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 from .errors import InvalidParams, ParamError
 
@@ -148,6 +148,43 @@ class Check:
     test: Callable[[Mapping[str, Any]], str | None]
 
 
+class Values(Mapping[str, Any]):
+    """Parameters that `Schema.normalize` validated: every visible parameter, typed, defaults filled.
+
+    Immutable, so the values a worker normalized once are the values every
+    method hook sees; and recognisable, so normalizing them again is a no-op
+    instead of a second coercion that could drift from the first.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Values are immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return dict(self._data) == (dict(other) if isinstance(other, Mapping) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # values may hold lists
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Values, (self._data,))
+
+    def __repr__(self) -> str:
+        return f"Values({self._data!r})"
+
+
 @dataclass(frozen=True)
 class Schema:
     """The parameters of a method, in display order, plus cross-parameter checks."""
@@ -179,7 +216,7 @@ class Schema:
         raise KeyError(name)
 
     def defaults(self) -> dict[str, Any]:
-        return self.normalize({})
+        return dict(self.normalize({}))
 
     def errors(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], list[ParamError]]:
         """Validate `values`; return (normalized values, every error found).
@@ -216,12 +253,17 @@ class Schema:
                     errors.append(ParamError(check.params[0], msg))
         return out, errors
 
-    def normalize(self, values: Mapping[str, Any], context: str = "") -> dict[str, Any]:
-        """Validate and return normalized values, or raise InvalidParams listing every error."""
+    def normalize(self, values: Mapping[str, Any], context: str = "") -> Values:
+        """Validate and return normalized values, or raise InvalidParams listing every error.
+
+        `Values` pass through unchanged: they were normalized already.
+        """
+        if isinstance(values, Values):
+            return values
         out, errors = self.errors(values)
         if errors:
             raise InvalidParams(errors, context)
-        return out
+        return Values(out)
 
     def parse_cli(self, items: Iterable[str]) -> dict[str, Any]:
         """Parse `k=v` strings (values stay strings; `normalize` coerces them)."""

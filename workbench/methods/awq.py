@@ -20,14 +20,17 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_texts, dataset_check
 from .gptq import in_directory, needs_dataset, shape_errors
 from .layers import few, select_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CHECKPOINT_DIR = "checkpoint"
 FUSABLE = ("llama", "mistral")
@@ -109,11 +112,7 @@ class AWQ(Method):
             return f"kernel={kernel} runs only on CUDA; allowed on {device}: torch_fused_awq, torch_awq"
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers = getattr(model, "linear_layers", None) or {}
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         out: list[ParamError] = []
         model_type = (getattr(model, "config", None) or {}).get("model_type")
         if p["do_fuse"] and model_type and model_type not in FUSABLE:
@@ -128,7 +127,7 @@ class AWQ(Method):
                                           f"{len(bad)} layers have other counts ({few(bad)}): use clip=auto or off"))
         return out
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from awq import AutoAWQForCausalLM
 
@@ -173,7 +172,7 @@ class AWQ(Method):
                    "measured after saving and reloading the checkpoint (AutoAWQ cannot run it on CPU itself)"],
         )
 
-    def load_checkpoint(self, ctx: Any, p: Mapping[str, Any], path: Path) -> Any:
+    def load_checkpoint(self, ctx: BuildContext, p: Mapping[str, Any], path: Path) -> Any:
         if p["do_fuse"]:
             from awq import AutoAWQForCausalLM
 
@@ -186,13 +185,13 @@ class AWQ(Method):
         return ctx.load_model("float32", path=path, device_map=device,
                               quantization_config=AwqConfig(bits=p["bits"], backend=p["kernel"]))
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         return self.load_checkpoint(ctx, params, Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable, token_rows_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         load = (f"model = AutoAWQForCausalLM.from_quantized('model-awq', fuse_layers=True, "
                 f"max_seq_len={p.get('fuse_max_seq_len')})  # CUDA\n") if p["do_fuse"] else \
             (f"model = AutoModelForCausalLM.from_pretrained('model-awq', device_map='cpu', "
@@ -277,7 +276,7 @@ class _scale_search_keeps_weights:
 class _layer_progress:
     """AutoAWQ walks the decoder layers under `tqdm(range(n), desc="AWQ")`: report each step."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: BuildContext):
         self.ctx = ctx
         self.module: Any = None
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from ..errors import ParamError
-from ..params import Schema
+from ..params import Schema, Values
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
     from ..models.catalog import ModelInfo
     from ..spec import RunSpec
 
@@ -76,6 +77,9 @@ class Method(ABC):
     # Parameters without a usable default, which the user must give (a checkpoint's directory):
     # with the defaults alone, validation names them and the form keeps Run disabled.
     required: ClassVar[tuple[str, ...]] = ()
+    # True: `model_errors` only runs when the model's Linear shapes are known (before loading they
+    # are not, and build() checks the shapes on the loaded model instead).
+    model_errors_need_layers: ClassVar[bool] = False
 
     def is_reference(self, params: Mapping[str, Any]) -> bool:
         """True when this configuration *is* the fp32 PyTorch reference (the baseline in fp32):
@@ -86,17 +90,34 @@ class Method(ABC):
         """Checks of the parameters against the model's shapes, without torch.
 
         Runs in the kernel before any worker starts (e.g. a group size that does
-        not divide a layer's input dimension).
+        not divide a layer's input dimension). Methods implement `model_errors`.
         """
+        if type(self).model_errors is Method.model_errors:
+            return []
+        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
+        if not layers and self.model_errors_need_layers:
+            return []
+        p, errors = self.schema.errors(params)
+        if errors:
+            return []  # the schema's own errors are reported by whoever validated the params
+        return self.model_errors(Values(p), layers, model)
+
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
+        """This method's own checks of valid parameters `p` against `model` (a `ModelInfo`);
+        `layers` maps Linear layer names to their shapes (empty when unknown)."""
         return []
+
+    def values(self, params: Mapping[str, Any]) -> Values:
+        """`params` normalized; the `Values` a worker normalized once pass through unchanged."""
+        return self.schema.normalize(params, self.name)
 
     def unavailable_reason(self, params: Mapping[str, Any], device: str) -> str | None:
         """Why this configuration cannot run on `device`, or None. Torch-free."""
         return None
 
     @abstractmethod
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
-        """Load and quantize the model (in the worker). `ctx` is a `workbench.worker.BuildContext`."""
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
+        """Load and quantize the model (in the worker)."""
 
     def layer_quantizer(self, params: Mapping[str, Any]) -> "Callable[[Any], Any] | None":
         """weight -> the weight as this method would compute with it (quantized and dequantized),
@@ -108,7 +129,7 @@ class Method(ABC):
     def has_layer_quantizer(cls) -> bool:
         return cls.layer_quantizer is not Method.layer_quantizer
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         """Load what `Built.save` wrote to `path`, for the save-and-reload check.
 
         Runs in a fresh worker process; returns a model measured like `Built.model`.

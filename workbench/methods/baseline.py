@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..params import Param, Schema
 from .base import Built, Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 
 class Baseline(Method):
@@ -25,7 +28,7 @@ class Baseline(Method):
     def is_reference(self, params: Mapping[str, Any]) -> bool:
         return params.get("dtype", "float32") == "float32"
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         model = ctx.load_model(params["dtype"])
         import torch
 
@@ -43,7 +46,7 @@ class Baseline(Method):
             save=save,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         return ctx.load_model(params["dtype"], path=path)
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:

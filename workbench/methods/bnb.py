@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
-from .base import Built, Method
+from ..params import Check, Param, Schema, Values
+from .base import Built
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 TIED_MESSAGE = (
@@ -81,20 +85,18 @@ def _few(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
-class BitsAndBytes(Method):
+class BitsAndBytes(TorchMethod):
     """bitsandbytes LLM.int8 and 4-bit NF4/FP4 through transformers."""
 
     name = "bnb"
+    model_errors_need_layers = True
     backend = "bitsandbytes"
-    env = "torch"
     description = (
         "bitsandbytes through transformers' BitsAndBytesConfig: LLM.int8 (int8 weights, outlier "
         "columns in float) or 4-bit NF4/FP4 with block scales (optionally double-quantized)."
     )
     requires = ("torch", "transformers", "accelerate", "bitsandbytes")
     install_hint = "pip install bitsandbytes==0.50.2 into the torch environment (workbench env create torch)"
-    devices = ("cpu", "cuda")
-    model_kinds = ("causal-lm", "encoder")
     quantizes = True
     schema = Schema(
         (
@@ -148,13 +150,7 @@ class BitsAndBytes(Method):
             )
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []  # shapes unknown before loading: transformers applies the patterns as they are
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         errors = self._pattern_errors(list(layers), p)
         config = getattr(model, "config", None) or {}
         skip = p.get("llm_int8_skip_modules")
@@ -221,11 +217,11 @@ class BitsAndBytes(Method):
         return dmap
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from transformers import BitsAndBytesConfig
 
-        p = self.schema.normalize(params, "bnb")
+        p = self.values(params)
         device = str(ctx.device)
         self._check_device(p, device)
         kw = self.config_kwargs(p)
@@ -264,15 +260,15 @@ class BitsAndBytes(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # transformers reads the quantization config back from the saved config.json.
-        p = self.schema.normalize(params, "bnb")
+        p = self.values(params)
         return ctx.load_model("float32", path=path, device_map=self.device_map(p, str(ctx.device)))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "bnb")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         kw = self.config_kwargs(p)
@@ -356,7 +352,7 @@ def _tied_bnb_layers(model: Any) -> list[str]:
     return out
 
 
-def _warm_up(model: Any, ctx: Any) -> None:
+def _warm_up(model: Any, ctx: BuildContext) -> None:
     """One short forward, so the model is measured, saved and timed as it runs."""
     import torch
 

@@ -5,11 +5,14 @@ windows or sentences (`workbench.data.splits`). Torch-free at import.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..data.text import source_error
 from ..errors import DataError
 from ..params import Check, Param
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 
 def dataset_param() -> Param:
@@ -72,14 +75,14 @@ def dataset_required(what: str = "a calibration-based method") -> str:
     return f"dataset: {what} calibrates on text and needs a dataset; allowed: pydoc-topics, file:PATH, hub:NAME[/CONFIG]"
 
 
-def calibration_token_rows(ctx: Any, p: Mapping[str, Any]) -> list[list[int]]:
+def calibration_token_rows(ctx: BuildContext, p: Mapping[str, Any]) -> list[list[int]]:
     """The token ids of `p["num_samples"]` calibration samples of `p["dataset"]`, each cut to `p["seq_len"]`."""
     texts = calibration_texts(ctx, p["dataset"], p["num_samples"], "num_samples", seq_len=p["seq_len"])
     tok = ctx.tokenizer()
     return [tok(t, add_special_tokens=False)["input_ids"][: p["seq_len"]] for t in texts]
 
 
-def calibration_texts(ctx: Any, source: str, num_samples: int, param: str, seq_len: int | None = None) -> list[str]:
+def calibration_texts(ctx: BuildContext, source: str, num_samples: int, param: str, seq_len: int | None = None) -> list[str]:
     """`num_samples` calibration texts from the calibration part of `source` (never the evaluation part)."""
     ctx.progress("calibrate", None, f"{num_samples} calibration samples from {source}")
     try:

@@ -22,13 +22,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..errors import ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import group_size_error, select_layers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CHECKPOINT_DIR = "checkpoint"
 # Kernels a GPTQ checkpoint can run with: name -> (bits it takes, runs on CPU).
@@ -81,6 +84,7 @@ class GPTQ(Method):
     """GPTQ 2/3/4/8-bit through GPTQModel, evaluated through transformers with a GPTQModel kernel."""
 
     name = "gptq"
+    model_errors_need_layers = True
     backend = "gptqmodel"
     env = "gptq"
     description = ("GPTQ through GPTQModel: error-compensating 2/3/4/8-bit weight quantization calibrated on text; "
@@ -117,14 +121,10 @@ class GPTQ(Method):
             return f"kernel={kernel} runs only on CUDA; allowed on {device}: default, gptq_torch_aten, torch_int8, torch"
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers = getattr(model, "linear_layers", None) or {}
-        p, errors = self.schema.errors(params)
-        if errors or not layers:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return shape_errors(layers, p["group_size"], ["lm_head"], remedy="or -1 (one scale per output channel)")
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # before gptqmodel is imported
         from gptqmodel import GPTQModel, QuantizeConfig
 
@@ -174,7 +174,7 @@ class GPTQ(Method):
             return p["kernel"]
         return "auto" if device.startswith("cuda") else CPU_DEFAULT[p["bits"]]
 
-    def load_checkpoint(self, ctx: Any, p: Mapping[str, Any], path: Path) -> Any:
+    def load_checkpoint(self, ctx: BuildContext, p: Mapping[str, Any], path: Path) -> Any:
         from transformers import GPTQConfig
 
         kernel = self.kernel_for(p, ctx.spec.device)
@@ -183,13 +183,13 @@ class GPTQ(Method):
         return ctx.load_model("bfloat16", path=path, device_map=device,
                               quantization_config=GPTQConfig(bits=p["bits"], backend=kernel))
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         return self.load_checkpoint(ctx, params, Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable, token_rows_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         group_aware = not p["desc_act"] and p["group_size"] > 0
         return (
             "import os\n"
@@ -220,7 +220,7 @@ def _layers_per_block(model: Any) -> int:
     return int(getattr(cfg, "num_hidden_layers", 0) or 0)
 
 
-def _report_layers(model: Any, ctx: Any) -> None:
+def _report_layers(model: Any, ctx: BuildContext) -> None:
     """Per-layer progress from GPTQModel's `layer_callback` (called as each decoder layer finishes)."""
     total = _layers_per_block(model) or None
     seen: set[int] = set()

@@ -30,14 +30,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
-from .base import Built, Method
-from .layers import few as _few
+from ..params import Check, Param, Schema, Values
+from .base import Built
+from .layers import exclude_param, few as _few, include_param
 from .layers import left_out_note, replace_layers_code, select_layers, selection_error
 from .rtn import _tie_notes
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,19 +67,18 @@ def storage_bits(nbits: int) -> float:
     return 3.2 if nbits == 3 else float(nbits)
 
 
-class HQQ(Method):
+class HQQ(TorchMethod):
     """hqq (Half-Quadratic Quantization): calibration-free affine weight quantization, 1-8 bits."""
 
     name = "hqq"
+    model_errors_need_layers = True
     backend = "hqq"
-    env = "torch"
     description = (
         "HQQ: calibration-free weight quantization (1, 2, 3, 4, 8 bits) whose scales and zero points are fitted "
         "by a half-quadratic solver; hqq's HQQLinear, PyTorch backend (dequantize on the fly)."
     )
     requires = ("torch", "hqq", "transformers", "safetensors")
     install_hint = "pip install hqq==0.2.8.post1 (in the torch environment: workbench env create torch)"
-    devices = ("cpu", "cuda")
     quantizes = True
     schema = Schema(
         (
@@ -92,23 +95,15 @@ class HQQ(Method):
             Param("compute_dtype", "choice", "float32", choices=("float32", "bfloat16", "float16"),
                   help="dtype of the dequantized weights, the matmuls, the scales and zero points and of the "
                        "layers left unquantized. float32 matches the reference."),
-            Param("include", "list", ["*"],
-                  help="fnmatch patterns of the module names to quantize, matched against the full name."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave unquantized (hqq leaves lm_head out by "
-                       "default too). SmolLM2 ties lm_head to the embeddings: quantizing it unties it."),
+            include_param(),
+            exclude_param("unquantized", " (hqq leaves lm_head out by default too). SmolLM2 ties lm_head to "
+                                         "the embeddings: quantizing it unties it"),
         ),
         checks=(Check(("group_size",), _check_group_size),),
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p["include"], p["exclude"], p["group_size"])
 
     @staticmethod
@@ -140,11 +135,11 @@ class HQQ(Method):
         )]
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
 
-        p = self.schema.normalize(params, "hqq")
+        p = self.values(params)
         nbits, group_size, axis, dtype_name = p["nbits"], p["group_size"], p["axis"], p["compute_dtype"]
         dtype = getattr(torch, dtype_name)
         device = str(ctx.device)
@@ -214,14 +209,14 @@ class HQQ(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         config = json.loads((Path(path) / CONFIG_FILE).read_text())
         return load_quantized(ctx.load_model(config["compute_dtype"]), Path(path), str(ctx.device))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "hqq")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (

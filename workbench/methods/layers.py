@@ -10,6 +10,7 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import ParamError
+from ..params import Param
 
 Layers = Mapping[str, tuple[int, int]]
 
@@ -21,6 +22,18 @@ def select_layers(names: Iterable[str], include: Iterable[str], exclude: Iterabl
         n for n in names
         if any(fnmatch.fnmatchcase(n, p) for p in include) and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
     ]
+
+
+def include_param(extra: str = "") -> Param:
+    """The `include` parameter of the methods that select Linear layers by fnmatch patterns."""
+    return Param("include", "list", ["*"],
+                 help="fnmatch patterns of the module names to quantize, matched against the full name" + extra + ".")
+
+
+def exclude_param(leave: str = "in full precision", extra: str = "") -> Param:
+    """The `exclude` parameter that goes with `include_param` (`leave` says how the excluded layers stay)."""
+    return Param("exclude", "list", ["lm_head"],
+                 help=f"fnmatch patterns of module names to leave {leave}" + extra + ".")
 
 
 def few(names: Sequence[str], n: int = 3) -> str:

@@ -29,13 +29,16 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
+from ..params import Check, Param, Schema, Values
 from .base import Built, Method
 from .calibration import calibration_params, calibration_token_rows, dataset_check, dataset_required
 from .layers import few, group_size_error, select_layers, selection_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 SCHEMES = ("W8A8", "W4A16", "W8A16", "FP8_DYNAMIC")
 MODIFIERS = ("rtn", "gptq", "awq")
@@ -67,6 +70,7 @@ class LLMCompressor(Method):
     """llm-compressor oneshot (RTN / GPTQ / AWQ) into a compressed-tensors checkpoint."""
 
     name = "llmcompressor"
+    model_errors_need_layers = True
     backend = "llm-compressor"
     env = "llmcompressor"
     description = (
@@ -114,11 +118,7 @@ class LLMCompressor(Method):
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        p, errors = self.schema.errors(params)
-        if errors or not layers:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p)
 
     @staticmethod
@@ -131,7 +131,7 @@ class LLMCompressor(Method):
         return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
 
         p = params
@@ -185,7 +185,7 @@ class LLMCompressor(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         from .prequantized import load_checkpoint
 
         return load_checkpoint(ctx, Path(path))
@@ -220,7 +220,7 @@ class LLMCompressor(Method):
         return [QuantizationModifier(ignore=ignore, **scheme)], notes
 
     @staticmethod
-    def _dataset(ctx: Any, p: Mapping[str, Any]) -> Any:
+    def _dataset(ctx: BuildContext, p: Mapping[str, Any]) -> Any:
         """The calibration samples, tokenized here (llm-compressor takes a tokenized Dataset as is)."""
         from datasets import Dataset
 
@@ -230,7 +230,7 @@ class LLMCompressor(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable, token_rows_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         ignore = [ignore_regex(pat) for pat in p["ignore"]]
         lines = [
             "import torch",
@@ -310,7 +310,7 @@ def _awq_mappings(ignored: list[str]) -> tuple[list[Any] | None, list[str]]:
 class _layer_progress:
     """Reports llm-compressor's sequential pipeline ("(i/N): Calibrating") as per-layer progress."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: BuildContext):
         self.ctx = ctx
         self.original: Any = None
 

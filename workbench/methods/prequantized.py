@@ -16,11 +16,14 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ParamError
-from ..params import Param, Schema
+from ..params import Param, Schema, Values
 from .base import Built, Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 # Libraries whose linear modules hold quantized weights.
 _QUANT_LIBRARIES = ("gptqmodel", "awq", "aqlm", "vptq", "spqr_quant")
@@ -50,7 +53,7 @@ def checkpoint_weight_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
-def load_checkpoint(ctx: Any, path: Path) -> Any:
+def load_checkpoint(ctx: BuildContext, path: Path) -> Any:
     """The checkpoint at `path` loaded by transformers (its quantizer chosen by quantization_config)."""
     return ctx.load_model("float32", path=path)
 
@@ -93,10 +96,7 @@ class PreQuantized(Method):
         ),
     )
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         err = self.checkpoint_error(p["checkpoint"], getattr(model, "config", None))
         return [ParamError("checkpoint", err)] if err else []
 
@@ -125,7 +125,7 @@ class PreQuantized(Method):
                         f"{'; '.join(diff)})")
         return None
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         path = Path(params["checkpoint"]).expanduser()
         err = self.checkpoint_error(str(path), None)
         if err:
@@ -155,7 +155,7 @@ class PreQuantized(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         checkpoint = str(p.get("checkpoint") or "").strip()
         ckpt = loadable(checkpoint, self.env) if checkpoint else None
         m = loadable(model_id, self.env)
@@ -207,7 +207,7 @@ class CompressedTensors(PreQuantized):
                       + (" sym" if a.get("symmetric") else " asym") for a in weights)
         return f"format {qc.get('format')!r}; weights {w or 'none'}; {len(qc.get('ignore') or [])} modules ignored"
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         return load_checkpoint(ctx, Path(path))
 
 

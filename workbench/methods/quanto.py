@@ -29,11 +29,16 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Param, Schema
-from .base import Built, Method
+from ..params import Param, Schema, Values
+from .base import Built
+from .layers import exclude_param
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 WEIGHTS_FILE = "model.safetensors"
 QMAP_FILE = "quanto_qmap.json"
@@ -52,20 +57,18 @@ def excluded(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-class Quanto(Method):
+class Quanto(TorchMethod):
     """optimum-quanto: int2/int4/int8/float8 weights, optional int8/float8 activations."""
 
     name = "quanto"
+    model_errors_need_layers = True
     backend = "optimum-quanto"
-    env = "torch"
     description = (
         "optimum-quanto: weights int2/int4 (grouped, affine) or int8/float8 (per output row), optionally "
         "int8/float8 activations with scales calibrated on a few samples; quantized tensor subclasses."
     )
     requires = ("torch", "transformers", "optimum-quanto", "safetensors")
     install_hint = "pip install optimum-quanto==0.2.7 into the torch environment (workbench env create torch)"
-    devices = ("cpu", "cuda")
-    model_kinds = ("causal-lm", "encoder")
     quantizes = True
     schema = Schema(
         (
@@ -80,20 +83,13 @@ class Quanto(Method):
                   visible_when={"activations": ("int8", "float8")},
                   help="How many of the data's calibration samples pass through the model to set the "
                        "activation scales (quanto's Calibration, momentum 0.9); at most data.calib_samples."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave in float (quanto's exclude), e.g. lm_head, "
-                       "*.down_proj. SmolLM2 ties lm_head to the embeddings: quantizing it stores both."),
+            exclude_param("in float", " (quanto's exclude), e.g. lm_head, *.down_proj. SmolLM2 ties lm_head to "
+                                      "the embeddings: quantizing it stores both"),
         ),
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._selection_errors(list(layers), p["exclude"])
 
     @staticmethod
@@ -107,11 +103,11 @@ class Quanto(Method):
         )]
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from optimum.quanto import Calibration, freeze, quantize
 
-        p = self.schema.normalize(params, "quanto")
+        p = self.values(params)
         model = ctx.load_model("float32")
         linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         errors = self._selection_errors(linears, p["exclude"])
@@ -154,14 +150,14 @@ class Quanto(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # The architecture in float (from the model's own files), then quanto's requantize.
         return load_quantized(ctx.load_model("float32"), Path(path), str(ctx.device))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import calibration_code, loadable
 
-        p = self.schema.normalize(params, "quanto")
+        p = self.values(params)
         w, a = QTYPES[p["weights"]], QTYPES[p["activations"]] if p["activations"] else None
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
@@ -275,7 +271,7 @@ def _untie_selected(model: Any, selected: list[str]) -> list[str]:
     return notes
 
 
-def _calibrate(ctx: Any, model: Any, samples: int, calibration: Any) -> str:
+def _calibrate(ctx: BuildContext, model: Any, samples: int, calibration: Any) -> str:
     texts = ctx.calibration_texts()[:samples]
     tok = ctx.tokenizer()
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, ParamError
-from ..params import Check, Param, Schema
-from .base import Built, Method
-from .layers import few as _few
+from ..params import Check, Param, Schema, Values
+from .base import Built
+from .layers import exclude_param, few as _few, include_param
 from .layers import group_size_error, replace_layers_code, select_layers, selection_error
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 CONFIG_FILE = "quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,18 +46,17 @@ def _check_group_size(values: Mapping[str, Any]) -> str | None:
     )
 
 
-class RTN(Method):
+class RTN(TorchMethod):
     """Round-to-nearest weight-only quantization with packed codes (the workbench's reference)."""
 
     name = "rtn"
+    model_errors_need_layers = True
     backend = "workbench"
-    env = "torch"
     description = (
         "Reference round-to-nearest weight quantization (2-8 bits, per tensor, channel or group; "
         "symmetric or affine) with really packed codes, dequantized on the fly."
     )
     requires = ("torch", "safetensors")
-    devices = ("cpu", "cuda")
     quantizes = True
     schema = Schema(
         (
@@ -67,24 +70,15 @@ class RTN(Method):
                   help="Consecutive input columns that share a scale, in each output row. "
                        "-1: one scale per output channel; 0: one scale per tensor; else a multiple of 8 "
                        "that divides the input dimension of every selected layer."),
-            Param("include", "list", ["*"],
-                  help="fnmatch patterns of the module names to quantize, matched against the full name "
-                       "(e.g. '*.mlp.*', 'model.layers.1?.*')."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave in full precision. SmolLM2 ties lm_head "
-                       "to the embeddings: quantizing it unties it and adds its packed copy."),
+            include_param(" (e.g. '*.mlp.*', 'model.layers.1?.*')"),
+            exclude_param(extra=". SmolLM2 ties lm_head to the embeddings: quantizing it unties it and adds its "
+                                "packed copy"),
         ),
         checks=(Check(("group_size",), _check_group_size),),
     )
 
     # --- kernel side (no torch) -------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []  # shapes unknown before loading: build() checks them on the model
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []  # the schema's own errors are reported by whoever validated the params
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p["include"], p["exclude"], p["group_size"])
 
     @staticmethod
@@ -106,7 +100,7 @@ class RTN(Method):
 
         from ..teach.qlinear import QuantLinear
 
-        p = self.schema.normalize(params, "rtn")
+        p = self.values(params)
 
         def quantize(weight: Any) -> Any:
             linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
@@ -115,12 +109,12 @@ class RTN(Method):
 
         return quantize
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
 
         from ..teach.qlinear import QuantLinear
 
-        p = self.schema.normalize(params, "rtn")
+        p = self.values(params)
         bits, sym, group_size = p["bits"], p["sym"], p["group_size"]
         model = ctx.load_model("float32")
         linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -173,14 +167,14 @@ class RTN(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # The architecture in float (from the model's own config), then the packed layers from the file.
         return load_quantized(ctx.load_model("float32"), Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "rtn")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (

@@ -38,14 +38,18 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidParams, MethodUnavailable, ParamError
-from ..params import Param, Schema
-from .base import Built, Method
-from .layers import few as _few
+from ..params import Param, Schema, Values
+from .base import Built
+from .layers import exclude_param, few as _few, include_param
 from .layers import group_size_error, left_out_note, select_layers, selection_error
 from .rtn import _tie_notes
+from .torch_common import TorchMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..measure.context import BuildContext
 
 SCHEMES = ("int8_weight_only", "int8_dynamic", "int4_weight_only", "float8_weight_only", "float8_dynamic")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the tinygemm int4 kernel takes
@@ -104,19 +108,18 @@ def _is_quantized_weight(w: Any) -> bool:
     return isinstance(w, TorchAOBaseTensor)
 
 
-class TorchAO(Method):
+class TorchAO(TorchMethod):
     """torchao `quantize_` on the selected linear layers: int8, int4 and float8 weight (and activation) schemes."""
 
     name = "torchao"
+    model_errors_need_layers = True
     backend = "torchao"
-    env = "torch"
     description = (
         "PyTorch's torchao: int8 weight-only, int8 dynamic activation + int8 weight, float8 weight-only on CPU; "
         "int4 weight-only and float8 dynamic on CUDA. Weights become torchao tensor subclasses."
     )
     requires = ("torch", "torchao", "transformers", "safetensors")
     install_hint = "pip install torchao==0.18.0 (in the torch environment: workbench env create torch)"
-    devices = ("cpu", "cuda")
     quantizes = True
     schema = Schema(
         (
@@ -129,12 +132,8 @@ class TorchAO(Method):
             Param("group_size", "choice", 64, choices=INT4_GROUP_SIZES, visible_when={"scheme": "int4_weight_only"},
                   help="Input columns per int4 scale and zero point; must divide the input dimension of every "
                        "selected layer (torchao silently skips a layer it does not divide; the workbench refuses)."),
-            Param("include", "list", ["*"],
-                  help="fnmatch patterns of the module names to quantize, matched against the full name "
-                       "(e.g. '*.mlp.*'). Passed to quantize_ as its filter_fn."),
-            Param("exclude", "list", ["lm_head"],
-                  help="fnmatch patterns of module names to leave in full precision. SmolLM2 ties lm_head to "
-                       "the embeddings: quantizing it unties it and stores both."),
+            include_param(" (e.g. '*.mlp.*'). Passed to quantize_ as its filter_fn"),
+            exclude_param(extra=". SmolLM2 ties lm_head to the embeddings: quantizing it unties it and stores both"),
         ),
     )
 
@@ -145,13 +144,7 @@ class TorchAO(Method):
             return f"scheme={scheme} on device cpu: {NO_CPU[scheme]}"
         return None
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        layers: Mapping[str, tuple[int, int]] = getattr(model, "linear_layers", None) or {}
-        if not layers:
-            return []
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         return self._shape_errors(layers, p)
 
     @staticmethod
@@ -169,11 +162,11 @@ class TorchAO(Method):
         return [err] if err is not None else []
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
         from torchao.quantization import quantize_
 
-        p = self.schema.normalize(params, "torchao")
+        p = self.values(params)
         scheme, group_size = p["scheme"], p.get("group_size", 64)
         device = str(ctx.device)
         _check_device(scheme, device, self.unavailable_reason(p, device))
@@ -241,17 +234,17 @@ class TorchAO(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         # transformers reads the TorchAoConfig from config.json and rebuilds the tensor subclasses
         # from the flattened safetensors (torchao's own metadata says which class each weight is).
-        p = self.schema.normalize(params, "torchao")
+        p = self.values(params)
         info = json.loads((Path(path) / CONFIG_FILE).read_text())
         return ctx.load_model(info.get("dtype", _model_dtype(p["scheme"])), path=Path(path))
 
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ..models.snippet import loadable
 
-        p = self.schema.normalize(params, "torchao")
+        p = self.values(params)
         scheme = p["scheme"]
         dtype = _model_dtype(scheme)
         m = loadable(model_id, self.env)

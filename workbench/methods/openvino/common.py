@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...envs import manager
 from ...models.catalog import PIPELINE_KINDS
 from ...params import Param
 from ..base import Built, Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 # What optimum-intel 2.2 accepted when this was written; used only until the environment's
 # probe (run at `workbench env create openvino`) has recorded what the installed version takes.
@@ -65,7 +68,7 @@ class OpenVINOMethod(Method):
     model_kinds = ("causal-lm", "encoder")
 
     # --- worker side -------------------------------------------------------
-    def finish(self, ctx: Any, model: Any, precision: str, exported: Any, *, quantize_s: float, load_s: float,
+    def finish(self, ctx: BuildContext, model: Any, precision: str, exported: Any, *, quantize_s: float, load_s: float,
                notes: list[str], what: str, reference_tolerance: float | None = None) -> Built:
         """Compile (timed apart), count what the IR holds, and describe the run."""
         from ...measure import memory
@@ -106,7 +109,7 @@ class OpenVINOMethod(Method):
             notes=notes,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         from . import runtime
 
         model = runtime.load_ir(ctx.model_info.kind, Path(path), params["inference_precision"])

@@ -15,11 +15,14 @@ are exported without a quantization config; this method always exports with
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...models.catalog import PIPELINE_KINDS
 from ...params import Schema
 from .common import OpenVINOMethod, export_tolerance, precision_param
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 
 # What the export check compares, per model kind (worker._reference_check).
@@ -45,7 +48,7 @@ class OVExport(OpenVINOMethod):
     model_kinds = ("causal-lm", "encoder", *PIPELINE_KINDS)
     schema = Schema((precision_param(),))
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from . import runtime
 
         precision = params["inference_precision"]

@@ -22,14 +22,17 @@ prompts any of the workbench's text sources. See `data.media` for what synthetic
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, PROMPT_CHARS, QUESTION_CHARS, media_source_error
 from ...data.text import source_error
 from ...errors import ParamError
 from ...models.catalog import PIPELINE_KINDS
-from ...params import Param, Schema
+from ...params import Param, Schema, Values
 from .common import OpenVINOMethod, precision_param, probe_values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 DATASET_FORMS = {
     "text-to-image": "pydoc-topics, file:PATH or hub:NAME[/CONFIG] (prompts)",
@@ -77,10 +80,7 @@ class OVHybrid(OpenVINOMethod):
     requires = OpenVINOMethod.requires + ("diffusers", "pillow")
     schema = _schema()
 
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         kind = getattr(model, "kind", "")
         dataset = p["dataset"]
         out: list[ParamError] = []
@@ -97,7 +97,7 @@ class OVHybrid(OpenVINOMethod):
         return out
 
     # --- worker side -------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from . import runtime
 
         p = params
@@ -131,7 +131,7 @@ class OVHybrid(OpenVINOMethod):
         return OVWeightQuantizationConfig(bits=4, sym=p["sym"], group_size=p["group_size"],
                                           group_size_fallback=p["group_size_fallback"], **extra)
 
-    def _hybrid_diffusion(self, ctx: Any, p: Mapping[str, Any], ir_dir: Any, precision: str) -> tuple[Any, list[str]]:
+    def _hybrid_diffusion(self, ctx: BuildContext, p: Mapping[str, Any], ir_dir: Any, precision: str) -> tuple[Any, list[str]]:
         from dataclasses import replace
 
         from ...data import text
@@ -150,7 +150,7 @@ class OVHybrid(OpenVINOMethod):
                        f"calibrated on {p['num_samples']} U-Net calls from prompts of {p['dataset']}; text encoder "
                        f"and VAE weight-only int{p['bits']}"]
 
-    def _static(self, ctx: Any, p: Mapping[str, Any], ir_dir: Any, precision: str,
+    def _static(self, ctx: BuildContext, p: Mapping[str, Any], ir_dir: Any, precision: str,
                 kind: str) -> tuple[Any, list[str]]:
         import datasets
         from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
@@ -192,7 +192,7 @@ class OVHybrid(OpenVINOMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import OV_CLASSES, calibration_code, loadable, ov_config_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         ov_config = ov_config_code(p["inference_precision"])
         args = f"bits={p['bits']}, sym={p['sym']}"

@@ -15,11 +15,14 @@ of `dataset`, never from the evaluation windows or sentences. Encoders take samp
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...params import Param, Schema
 from ..calibration import calibration_texts, dataset_check, dataset_param
 from .common import OpenVINOMethod, precision_param
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 ENCODER_SEQ_LEN = 128
 
@@ -50,7 +53,7 @@ class OVStatic(OpenVINOMethod):
         checks=(dataset_check(),),
     )
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from optimum.intel import OVQuantizationConfig
 
         from . import runtime
@@ -75,7 +78,7 @@ class OVStatic(OpenVINOMethod):
         return self.finish(ctx, model, precision, exported, quantize_s=quantize_s, load_s=0.0, notes=notes,
                            what="static int8")
 
-    def _quantize_encoder(self, ctx: Any, p: Mapping[str, Any], ir_dir: Any, precision: str,
+    def _quantize_encoder(self, ctx: BuildContext, p: Mapping[str, Any], ir_dir: Any, precision: str,
                           options: dict) -> tuple[Any, float]:
         import datasets
         from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
@@ -100,7 +103,7 @@ class OVStatic(OpenVINOMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import calibration_code, loadable, ov_config_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         args = f"num_samples={p['num_samples']}, sym={p['sym']}"
         if p["smooth_quant_alpha"] is not None:

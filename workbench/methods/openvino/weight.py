@@ -25,14 +25,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...data.text import source_error
 from ...errors import ParamError
-from ...params import Check, Param, Schema
+from ...params import Check, Param, Schema, Values
 from ..layers import group_size_error
 from ..calibration import calibration_texts
 from .common import OpenVINOMethod, precision_param, probe_values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
 # Sensitivity metrics that work without activations (NNCF: the others need a dataset).
@@ -182,10 +185,7 @@ class OVWeight(OpenVINOMethod):
     schema = _SchemaFromProbe()  # type: ignore[assignment]
 
     # --- kernel side -------------------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         out: list[ParamError] = []
         kind = getattr(model, "kind", "causal-lm")
         if p["bits"] == 4 and kind != "causal-lm":
@@ -194,7 +194,6 @@ class OVWeight(OpenVINOMethod):
                 out.append(ParamError(used[0], f"{', '.join(used)}: NNCF's data-aware algorithms are applied "
                                                f"to causal LMs here; {getattr(model, 'name', 'this model')} is "
                                                f"an {kind}; allowed for it: data-free 4-bit or 8-bit"))
-        layers = getattr(model, "linear_layers", None) or {}
         if p["bits"] == 4 and p["group_size_fallback"] == "error" and layers:
             selected = [n for n in layers if p["all_layers"] or n.rsplit(".", 1)[-1] != "lm_head"]
             err = group_size_error(
@@ -207,7 +206,7 @@ class OVWeight(OpenVINOMethod):
         return out
 
     # --- worker side -------------------------------------------------------
-    def quantization_config(self, ctx: Any, p: Mapping[str, Any], tokenizer_dir: str) -> Any:
+    def quantization_config(self, ctx: BuildContext, p: Mapping[str, Any], tokenizer_dir: str) -> Any:
         """The `OVWeightQuantizationConfig` of these parameters (calibration texts loaded when needed)."""
         from optimum.intel import OVWeightQuantizationConfig
 
@@ -233,7 +232,7 @@ class OVWeight(OpenVINOMethod):
                           num_samples=p["num_samples"], tokenizer=tokenizer_dir)
         return OVWeightQuantizationConfig(**kwargs)
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from . import runtime
 
         p = params
@@ -259,7 +258,7 @@ class OVWeight(OpenVINOMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import OV_CLASSES, calibration_code, loadable, ov_config_code
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         cls = OV_CLASSES.get(m.kind or "", "OVModelForCausalLM")
         lines = [f"from optimum.intel import {cls}, OVWeightQuantizationConfig{m.hint('OVModelForFeatureExtraction')}",

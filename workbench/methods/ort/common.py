@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ...errors import ParamError
-from ...params import Param
+from ...params import Param, Values
 from ..base import Built, Method
 from ..layers import few
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 # optimum's AutoQuantizationConfig presets: the instruction set the int8 kernels target.
 # avx512_vnni and arm64 use s8 weights and u8 activations with reduce_range off (hard-coded);
@@ -113,15 +116,14 @@ class ORTMethod(Method):
     default_exclude: tuple[str, ...] = ()
 
     # --- kernel side -------------------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors or "exclude" not in p:
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
+        if "exclude" not in p:
             return []
-        return exclude_errors(p["exclude"], self.default_exclude, getattr(model, "linear_layers", None) or {},
+        return exclude_errors(p["exclude"], self.default_exclude, layers,
                               getattr(model, "name", "this model"))
 
     # --- worker side -------------------------------------------------------
-    def exclude_nodes(self, ctx: Any, patterns: Sequence[str], model_file: Path) -> tuple[list[str], list[str]]:
+    def exclude_nodes(self, ctx: BuildContext, patterns: Sequence[str], model_file: Path) -> tuple[list[str], list[str]]:
         """ORT node names for `exclude`: the MatMuls of the Linear modules matched by its patterns,
         and its entries starting with '/' (node names as they are), with a note for modules whose
         MatMul the exporter named differently. A node name not in the graph is an error."""
@@ -142,7 +144,7 @@ class ORTMethod(Method):
         notes = [f"exclude: no ONNX MatMul named after {few(missing, 4)} in the export; not excluded"] if missing else []
         return sorted(set(nodes) | set(raw)), notes
 
-    def finish(self, ctx: Any, directory: Path, file_name: str, exported: Any, *, quantize_s: float,
+    def finish(self, ctx: BuildContext, directory: Path, file_name: str, exported: Any, *, quantize_s: float,
                notes: list[str], what: str, reference_tolerance: float | None = None) -> Built:
         """Load the graph in an ORT session (timed apart), count what it holds, describe the run."""
         from ...measure import memory
@@ -178,7 +180,7 @@ class ORTMethod(Method):
             notes=list(exported.notes) + notes + lines,
         )
 
-    def load_saved(self, ctx: Any, params: Mapping[str, Any], path: Path) -> Any:
+    def load_saved(self, ctx: BuildContext, params: Mapping[str, Any], path: Path) -> Any:
         from . import runtime
 
         model, _ = runtime.load(ctx.model_info.kind, Path(path), runtime.MODEL_FILE, ctx.spec.bench.threads)

@@ -8,11 +8,14 @@ at session creation); embedding Gathers read int8 tables. Causal LMs run with th
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...params import Check, Param, Schema
 from .common import (DYNAMIC_OPERATORS, ORTMethod, exclude_param, operators_check, per_channel_param, preset_param,
                      reduce_range_param)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 
 def quantization_config(p: Mapping[str, Any], is_static: bool, nodes_to_exclude: list[str]) -> Any:
@@ -60,7 +63,7 @@ class ORTDynamic(ORTMethod):
         checks=(Check(("operators",), operators_check(DYNAMIC_OPERATORS)),),
     )
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from optimum.onnxruntime import ORTQuantizer
 
         from . import runtime
@@ -85,7 +88,7 @@ class ORTDynamic(ORTMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import ORT_CLASSES, loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         m = loadable(model_id, self.env)
         cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")
         return (

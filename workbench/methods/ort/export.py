@@ -9,10 +9,13 @@ the config as transformers 4.57 reads it, which shows the trap the check is ther
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...params import Param, Schema
 from .common import ORTMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 TOLERANCE = 0.005
 
@@ -33,7 +36,7 @@ class ORTExport(ORTMethod):
                    "back to 10000): the export check then flags models whose theta differs."),
     ))
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from . import runtime
 
         exported = runtime.exported(ctx, fix_config=params["fix_config"])

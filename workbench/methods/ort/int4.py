@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...params import Param, Schema
 from .common import ORTMethod, exclude_param
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 LM_HEAD = "/lm_head/MatMul"
@@ -50,7 +53,7 @@ class ORTInt4(ORTMethod):
         exclude_param(),
     ))
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401 - its logging setup, fixed below
 
         from . import runtime
@@ -72,7 +75,7 @@ class ORTInt4(ORTMethod):
                            what=f"MatMulNBits 4-bit (block {p['block_size']}, accuracy_level {p['accuracy_level']})")
 
     @staticmethod
-    def _quantize(ctx: Any, p: Mapping[str, Any], exported: Any, nodes: list[str], notes: list[str]) -> tuple[Any, bool]:
+    def _quantize(ctx: BuildContext, p: Mapping[str, Any], exported: Any, nodes: list[str], notes: list[str]) -> tuple[Any, bool]:
         """Quantize the fp32 export into the run's workdir; returns (directory, whether lm_head was there).
 
         Apart from `build` so that the fp32 graph, the quantizer and the quantized graph (three
@@ -107,7 +110,7 @@ class ORTInt4(ORTMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import ORT_CLASSES, loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         ops = ("MatMul", "Gather") if p["embedding"] else ("MatMul",)
         m = loadable(model_id, self.env)
         cls = ORT_CLASSES.get(m.kind or "", "ORTModelForCausalLM")

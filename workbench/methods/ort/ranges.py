@@ -43,8 +43,8 @@ def ranges(model: str, layers: list[str], samples: int, seq_len: int, calibratio
             if node not in inputs:
                 raise SystemExit(f"layers: no MatMul {node} for {layer} in the ONNX export of {model}")
             tensors[layer] = inputs[node]
-        p = ORTStatic.schema.normalize({"calibration": calibration, "operators": ["MatMul"], "exclude": [],
-                                        "num_samples": samples})
+        p = ORTStatic().values({"calibration": calibration, "operators": ["MatMul"], "exclude": [],
+                                "num_samples": samples})
         texts = calibration_samples(ctx.tokenizer(), DataSpec(calib_samples=samples, calib_seq_len=seq_len))
         _, found = calibrate(ctx, exported, texts, p, quantization_config(p, True, []), seq_len=seq_len)
         return {layer: [float(v.item()) for v in found[t].range_value] for layer, t in tensors.items()}

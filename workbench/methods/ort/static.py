@@ -24,13 +24,16 @@ import contextlib
 import dataclasses
 import io
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ...params import Check, Param, Schema
 from ..calibration import calibration_texts, dataset_check, dataset_param
 from .common import (ORTMethod, STATIC_OPERATORS, exclude_param, operators_check, per_channel_param, preset_param,
                      reduce_range_param)
 from .dynamic import config_code, quantization_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...measure.context import BuildContext
 
 SEQ_LEN = 128
 CALIBRATORS = ("minmax", "entropy", "percentile")
@@ -90,7 +93,7 @@ class ORTStatic(ORTMethod):
                 dataset_check()),
     )
 
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Any:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Any:
         from . import runtime
 
         p = params
@@ -118,7 +121,7 @@ class ORTStatic(ORTMethod):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from ...models.snippet import calibration_code, loadable
 
-        p = self.schema.normalize(params, self.name)
+        p = self.values(params)
         cal = {"minmax": "AutoCalibrationConfig.minmax(calib)",
                "entropy": f"AutoCalibrationConfig.entropy(calib{_bins_arg(p)})",
                "percentile": f"AutoCalibrationConfig.percentiles(calib{_bins_arg(p)}, percentile={p.get('percentile')})",
@@ -164,7 +167,7 @@ def calibration_config(dataset: Any, p: Mapping[str, Any]) -> Any:
     return AutoCalibrationConfig.percentiles(dataset, percentile=p["percentile"], **kw)
 
 
-def calibrate(ctx: Any, exported: Any, texts: list[str], p: Mapping[str, Any], qconfig: Any,
+def calibrate(ctx: BuildContext, exported: Any, texts: list[str], p: Mapping[str, Any], qconfig: Any,
               seq_len: int = SEQ_LEN) -> tuple[Any, Any]:
     """Run ORT's calibrator over the texts (each truncated to `seq_len` tokens) one sample at a
     time; (quantizer, TensorsData ranges)."""

@@ -15,12 +15,15 @@ does not implement them (it raises NotImplementedError; they are dequantize-only
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from workbench.errors import InvalidParams, ParamError
 from workbench.methods.base import Built, Method
-from workbench.methods.layers import few, replace_layers_code, select_layers, selection_error
-from workbench.params import Param, Schema
+from workbench.methods.layers import exclude_param, few, include_param, replace_layers_code, select_layers, selection_error
+from workbench.params import Param, Schema, Values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.measure.context import BuildContext
 
 BLOCK = 32  # values per block in every type offered here (QK8_0, QK5_0, QK4_0, ...)
 TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
@@ -41,19 +44,15 @@ class GGUFBlocks(Method):
     schema = Schema((
         Param("qtype", "choice", "Q8_0", choices=TYPES + K_QUANTS,
               help="GGUF tensor type. The k-quants are listed but refused: the gguf package cannot quantize them."),
-        Param("include", "list", ["*"], help="fnmatch patterns of the Linear layers to quantize."),
-        Param("exclude", "list", ["lm_head"], help="fnmatch patterns of Linear layers to leave in float32."),
+        include_param(),
+        exclude_param("in float32"),
     ))
 
     # --- kernel side (no torch, no gguf) ----------------------------------------------
-    def check_model(self, params: Mapping[str, Any], model: Any) -> list[ParamError]:
-        p, errors = self.schema.errors(params)
-        if errors:
-            return []
+    def model_errors(self, p: Values, layers: Mapping[str, tuple[int, int]], model: Any) -> list[ParamError]:
         if p["qtype"] in K_QUANTS:
             return [ParamError("qtype", f"{p['qtype']} cannot be made here: gguf's Python quantizer implements no "
                                         f"k-quant (NotImplementedError); allowed: {', '.join(TYPES)}")]
-        layers = getattr(model, "linear_layers", None) or {}
         return self._shape_errors(layers, p) if layers else []
 
     @staticmethod
@@ -68,12 +67,12 @@ class GGUFBlocks(Method):
         return []
 
     # --- worker side ----------------------------------------------------------------------
-    def build(self, ctx: Any, params: Mapping[str, Any]) -> Built:
+    def build(self, ctx: BuildContext, params: Mapping[str, Any]) -> Built:
         import torch
 
         from .layer import GGUFLinear
 
-        p = self.schema.normalize(params, "gguf")
+        p = self.values(params)
         if p["qtype"] in K_QUANTS:
             raise InvalidParams(self.check_model(p, None), "gguf")
         model = ctx.load_model("float32")
@@ -107,7 +106,7 @@ class GGUFBlocks(Method):
     def code(self, model_id: str, params: Mapping[str, Any]) -> str:
         from workbench.models.snippet import loadable
 
-        p = self.schema.normalize(params, "gguf")
+        p = self.values(params)
         m = loadable(model_id, self.env)
         auto = m.auto("AutoModelForCausalLM", "AutoModel")
         return (
