@@ -47,14 +47,11 @@ def layer_sensitivity(session: "Session", model: str, method: str = "rtn", param
     analysis comes back as a RunResult with its status and error, and is stored too.
     """
     from . import registry
-    from .exec.subprocess import SubprocessExecutor
 
     ref = registry.get(method)
     if not ref.cls.has_layer_quantizer():
         raise InvalidParams([ParamError("method", f"{method!r} has no per-layer quantizer; allowed: "
                                                   f"{', '.join(supported_methods())}")], context="sensitivity")
-    # Always a worker subprocess on this machine's CPU: the analysis quantizes one layer at a time
-    # in one process, and its result is a table, not a benchmark.
     options = {**({"trust_remote_code": True} if trust_remote_code else {}),
                **({"use_safetensors": False} if allow_pickle_weights else {})}
     spec = session.validate(session.make_spec(model, method, params, data=data, bench=BENCH, timeout_s=timeout_s,
@@ -63,25 +60,7 @@ def layer_sensitivity(session: "Session", model: str, method: str = "rtn", param
     if kind != "causal-lm":
         raise InvalidParams([ParamError("model", f"{spec.model.id} is of kind {kind}; layer sensitivity measures "
                                                  f"perplexity and needs a causal-lm")], context="sensitivity")
-    if not force:
-        hit = session.store.analysis(KIND, spec.key)
-        if hit is not None:
-            return hit
-    bar = None
-    if progress is None and session.progress:
-        from .session import _progress_bar
-
-        bar, progress = _progress_bar(spec)
-    try:
-        result = SubprocessExecutor().run(spec, ref.target, ref.cls.env, progress, analysis=KIND)
-    finally:
-        if bar is not None:
-            bar.close()
-    from .security import spec_warnings
-
-    result.warnings = spec_warnings(spec) + list(result.warnings)
-    session.store.append_analysis(KIND, result)
-    return result
+    return session.analyse(spec, KIND, force=force, progress=progress)
 
 
 def layer_position(name: str) -> tuple[int | None, str]:

@@ -12,8 +12,7 @@ checks against the model's config, device and environment availability.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import registry
 from .errors import DataError, InvalidParams, MethodUnavailable, ParamError, WorkbenchError
@@ -217,9 +216,32 @@ class Session:
         force = kw.pop("force", False)
         return self.submit(self.make_spec(model, method, params, **kw), force=force)
 
-    def run_many(self, specs: Iterable[RunSpec], *, force: bool = False) -> list[RunResult]:
-        """Submit specs one after the other (same key twice runs once)."""
-        return [self.submit(s, force=force) for s in specs]
+    def analyse(self, spec: RunSpec, kind: str, *, force: bool = False,
+                progress: Progress | None = None) -> RunResult:
+        """The stored analysis `kind` (a worker analysis, e.g. "sensitivity") of a validated `spec`, or a
+        new one, stored under the spec's key in the store's `analyses` table. A failed analysis comes
+        back as a RunResult with its status and error, and is stored too."""
+        from .exec.subprocess import SubprocessExecutor
+        from .security import spec_warnings
+
+        if not force:
+            hit = self.store.analysis(kind, spec.key)
+            if hit is not None:
+                return hit
+        ref = registry.get(spec.method)
+        bar = None
+        if progress is None and self.progress:
+            bar, progress = _progress_bar(spec)
+        try:
+            # Always a worker subprocess on this machine's CPU: an analysis quantizes one layer at a
+            # time in one process, and its result is a table, not a benchmark.
+            result = SubprocessExecutor().run(spec, ref.target, ref.cls.env, progress, analysis=kind)
+        finally:
+            if bar is not None:
+                bar.close()
+        result.warnings = spec_warnings(spec) + list(result.warnings)
+        self.store.append_analysis(kind, result)
+        return result
 
     def sensitivity(self, model: str, method: str = "rtn", params: Mapping[str, Any] | None = None,
                     **kw: Any) -> RunResult:
@@ -331,7 +353,3 @@ def progress_percent(stage: str, fraction: float | None) -> int | None:
         return None
     i = STAGES.index(stage)
     return min(100, int(100 * (i + (fraction or 0.0)) / (len(STAGES) - 1)))
-
-
-def default_store() -> Path:
-    return store_path(None)

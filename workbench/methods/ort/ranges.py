@@ -23,7 +23,7 @@ def ranges(model: str, layers: list[str], samples: int, seq_len: int, calibratio
     from ...data.splits import calibration_samples
     from ...models import catalog
     from ...spec import DataSpec, ModelSpec, RunSpec
-    from ...worker import BuildContext
+    from ...measure.context import BuildContext
     from . import runtime
     from .dynamic import quantization_config
     from .static import ORTStatic, calibrate
