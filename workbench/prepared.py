@@ -1,6 +1,6 @@
 """The prepared process: a fork server in a backend environment, from which each run is forked.
 
-    python -m workbench.worker --serve FOLDER SOCKET READY_FD IDLE_S [MODEL_JSON [MODULES]]
+    python -m workbench.prepared --serve FOLDER SOCKET READY_FD IDLE_S [MODEL_JSON [MODULES]]
 
 Worker side (it imports torch). The kernel side (`workbench.exec.warm`) starts one per backend
 environment family, with the family's interpreter and the environment a cold worker would get.
@@ -624,3 +624,13 @@ def _run_worker(server: _Server, argv: list[str], env: dict, cwd: str) -> int:
 
 
 __all__ = ["serve"]
+
+
+if __name__ == "__main__":
+    # Its own entry, not a `worker` mode: the worker imports nothing of this module, so the two
+    # do not import each other (tests/unit/test_import_graph.py).
+    _args = sys.argv[1:]
+    if not _args or _args[0] != "--serve":
+        sys.stderr.write(__doc__ or "")
+        sys.exit(2)
+    sys.exit(serve(_args[1:]))

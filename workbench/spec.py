@@ -177,19 +177,6 @@ def _default(v: Any) -> str:
     return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def __getattr__(name: str) -> Any:
-    """`LIGHT_DATA` / `LIGHT_BENCH`: the `quick` protocol's settings under their former names.
-
-    The protocols live in `workbench.protocols` (which imports this module), so these are looked
-    up when asked for; `Session.make_spec(..., protocol="quick")` is the way to say it now."""
-    if name in ("LIGHT_DATA", "LIGHT_BENCH"):
-        from .protocols import PROTOCOLS
-
-        quick = PROTOCOLS["quick"]
-        return quick.data if name == "LIGHT_DATA" else quick.bench
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(frozen=True)
 class RunSpec:
     """One run: a model, a method with its parameters, the data and the benchmark settings."""

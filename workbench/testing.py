@@ -216,7 +216,7 @@ def workers_under(folder: "os.PathLike[str] | str", prepared: bool = True) -> li
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if "workbench.worker" in cmd and str(folder) in cmd:
+        if ("workbench.worker" in cmd or "workbench.prepared" in cmd) and str(folder) in cmd:
             found[int(proc.name)] = (cmd, ppid)
     if not prepared:  # a prepared process is a --serve process not forked from another one
         return [pid for pid, (cmd, ppid) in found.items() if "--serve" not in cmd or ppid in found]

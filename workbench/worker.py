@@ -4,8 +4,9 @@
     python -m workbench.worker --reference REQUEST.json
     python -m workbench.worker --reload REQUEST.json METRICS.json
     python -m workbench.worker --prepare NAME...      (`workbench models --prepare`)
-    python -m workbench.worker --serve FOLDER SOCKET READY_FD IDLE_S [MODEL]   (a prepared process:
-                                                      `workbench.prepared`, warm starts)
+
+A prepared process (warm starts) is `python -m workbench.prepared --serve ...`: it forks runs that
+call this module's `main` with a run's two arguments.
 
 REQUEST.json is {"spec": RunSpec dict, "target": "module:Class"}. The worker is the
 process around one run: it reads the request, sets up the process (memory limit,
@@ -306,10 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--prepare":
         return prepare_main(argv[1:])
-    if argv and argv[0] == "--serve":  # a prepared process (workbench.exec.warm starts it)
-        from .prepared import serve
-
-        return serve(argv[1:])
     if argv and argv[0] == "--reference":
         request = json.loads(Path(argv[1]).read_text())
         spec = RunSpec.from_dict(request["spec"])

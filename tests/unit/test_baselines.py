@@ -107,7 +107,10 @@ def test_is_reference():
 
 
 def test_row_keys_are_stable_and_fill_in_the_defaults():
-    from workbench.spec import LIGHT_BENCH, LIGHT_DATA, ModelSpec, RunSpec
+    from workbench.protocols import get
+    from workbench.spec import ModelSpec, RunSpec
+
+    LIGHT_DATA, LIGHT_BENCH = get("quick").data, get("quick").bench
 
     spelled = RunResult(key="a", status="ok", spec=RunSpec(model=ModelSpec(LM), method="baseline").to_dict()).to_row()
     bare = run("b", "baseline").to_row()

@@ -18,12 +18,7 @@ UPPER = ("workbench.worker", "workbench.session", "workbench.exec", "workbench.u
 # Arrows known to break the rules, still to be moved to the layer where the code belongs
 # (issue 21). The test fails on any arrow not listed here, and on a listed one that is gone,
 # so that this list only shrinks.
-KNOWN: set[tuple[str, str]] = {
-    # `python -m workbench.worker --serve` hands over to the prepared process, which runs the worker.
-    ("workbench.prepared", "workbench.worker"), ("workbench.worker", "workbench.prepared"),
-    # spec.py's deprecated LIGHT_DATA / LIGHT_BENCH names look up the quick protocol.
-    ("workbench.protocols", "workbench.spec"), ("workbench.spec", "workbench.protocols"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _in(module: str, prefixes: tuple[str, ...]) -> bool:

@@ -33,15 +33,12 @@ def test_three_names_lightest_first_each_with_a_description():
 
 
 def test_quick_is_the_former_light_protocol_and_standard_the_defaults():
-    from workbench.spec import LIGHT_BENCH, LIGHT_DATA
-
     quick = protocols.get("quick")
     # Spelled out as LIGHT_DATA / LIGHT_BENCH were, so a change to `quick` cannot slip through.
     assert quick.data == DataSpec(eval_windows=4, window=256, calib_samples=16, calib_seq_len=256,
                                   embed_sentences=100)
     assert quick.bench == BenchSpec(batch_sizes=(1,), prompt_lengths=(32,), decode_tokens=16,
                                     generate_batch_sizes=(1,), repeats=2, reload_check=False)
-    assert (LIGHT_DATA, LIGHT_BENCH) == (quick.data, quick.bench)  # the old names still import
     assert (protocols.get("standard").data, protocols.get("standard").bench) == (DataSpec(), BenchSpec())
 
 

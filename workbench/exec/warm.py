@@ -232,7 +232,7 @@ class _Server:
                 self.popen = subprocess.Popen(
                     # The folder is in the command line (which its forked runs share) so that the
                     # processes of a coordinator can be found by its TMPDIR (testing.workers_under).
-                    [python, "-m", "workbench.worker", "--serve", str(folder), self.socket, str(write_fd),
+                    [python, "-m", "workbench.prepared", "--serve", str(folder), self.socket, str(write_fd),
                      f"{idle_timeout_s:g}", json.dumps(dict(model)) if model else "",
                      ",".join(_warm_imports(family))],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env,
