@@ -162,7 +162,7 @@ def _files(source: str, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def _hub_rows(source: str, n: int) -> list[dict]:
-    from ..models.catalog import hub_offline
+    from ..hub import hub_offline
 
     # NAME/CONFIG; a third part means ORG/NAME/CONFIG (as for text sources).
     parts = source[4:].split("/")

@@ -50,7 +50,7 @@ def hub_offline_error(source: str) -> str | None:
     the local caches `datasets` reads offline. None for other sources, online, or when cached."""
     if not source.startswith("hub:") or len(source) <= 4:
         return None
-    from ..models.catalog import hub_cache_dir, hub_offline
+    from ..hub import hub_cache_dir, hub_offline
 
     if not hub_offline():
         return None

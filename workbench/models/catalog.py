@@ -13,15 +13,14 @@ import importlib.util
 import json
 import os
 import re
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from .. import paths
 from ..errors import ModelNotFound
+# The hub helpers live below models/ and data/ (both ask them); named here too for old callers.
+from ..hub import cached_snapshot, fetch_hub_file, hub_cache_dir, hub_offline, hub_unreachable_message  # noqa: F401
 from ..spec import ModelSpec
 from . import shapes
 
@@ -30,7 +29,6 @@ T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Written last into a converted or built model directory: its presence means complete.
 MANIFEST = "workbench-manifest.json"
-HUB_TIMEOUT_S = 3.0
 
 # Pipelines: several models working together (diffusion, speech-to-text, vision-language).
 # Only the OpenVINO methods handle them; they are measured by `measure.pipelines`.
@@ -263,73 +261,6 @@ def looks_like_path(ident: str) -> bool:
     """True for strings that can only mean a filesystem path (absolute, ./, ~, a/b/c)."""
     return ident.startswith(("/", "./", "../", "~")) or ident.count("/") > 1 or os.sep != "/" and os.sep in ident
 
-
-def hub_offline() -> bool:
-    """True when the user asked for no network (HF_HUB_OFFLINE or WORKBENCH_OFFLINE)."""
-    flags = (os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE", "WORKBENCH_OFFLINE"))
-    return any(f in ("1", "true", "yes", "on") for f in flags)
-
-
-def hub_unreachable_message(ident: str) -> str:
-    """The one message for a hub id that cannot be fetched: what to do instead."""
-    return (
-        f"model: cannot reach the Hugging Face hub for {ident!r} (offline?): download the model elsewhere "
-        "and pass its local directory, e.g. --model /path/to/model"
-    )
-
-
-def hub_cache_dir() -> Path:
-    """The huggingface_hub cache (HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "huggingface" / "hub"
-
-
-def cached_snapshot(ident: str, revision: str | None = None) -> Path | None:
-    """The cached snapshot directory of a hub repo at `revision` (default main), if any."""
-    repo = hub_cache_dir() / ("models--" + ident.replace("/", "--"))
-    rev = revision or "main"
-    ref = repo / "refs" / rev
-    commit = ref.read_text().strip() if ref.is_file() else rev
-    snap = repo / "snapshots" / commit
-    return snap if snap.is_dir() else None
-
-
-def fetch_hub_file(ident: str, filename: str, revision: str | None = None, timeout: float = HUB_TIMEOUT_S) -> bytes:
-    """GET a file from the hub within `timeout` seconds overall (DNS included).
-
-    Raises ModelNotFound: the offline message when the hub cannot be reached,
-    a not-found message on 401/404.
-    """
-    if hub_offline():
-        raise ModelNotFound(hub_unreachable_message(ident))
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    url = f"{endpoint}/{ident}/resolve/{revision or 'main'}/{filename}"
-    box: dict = {}
-
-    def get() -> None:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                box["data"] = r.read()
-        except Exception as e:  # noqa: BLE001 - any failure is reported below
-            box["error"] = e
-
-    # urlopen's timeout does not cover name resolution, which can hang far longer.
-    t = threading.Thread(target=get, daemon=True)
-    t.start()
-    t.join(timeout + 1.0)
-    if "data" in box:
-        return box["data"]
-    err = box.get("error")
-    if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403, 404):
-        raise ModelNotFound(
-            f"model: {ident!r} (revision {revision or 'main'}) has no {filename} on the hub "
-            f"(HTTP {err.code}: missing, private or gated)"
-        )
-    raise ModelNotFound(hub_unreachable_message(ident))
 
 
 # --- internals -----------------------------------------------------------------

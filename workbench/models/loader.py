@@ -15,16 +15,8 @@ import torch
 
 from ..errors import InvalidSpec, ModelNotFound
 from ..spec import ModelSpec
-from .catalog import (
-    MODEL_INDEX,
-    PIPELINE_KINDS,
-    CatalogEntry,
-    dispatch,
-    fetch_hub_file,
-    hub_cache_dir,
-    hub_offline,
-    hub_unreachable_message,
-)
+from ..hub import fetch_hub_file, hub_cache_dir, hub_offline, hub_unreachable_message
+from .catalog import MODEL_INDEX, PIPELINE_KINDS, CatalogEntry, dispatch
 from .embedded import Progress, embedded_dir
 from .tiny import tiny_dir
 
