@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .envs import manager as envs
+from . import spec
 from .errors import MethodUnavailable, UnknownMethod
 from .methods.base import Method
 
@@ -165,3 +166,11 @@ def describe_all() -> list[dict[str, Any]]:
         info.update({"available": reason is None, "reason": reason or "", "target": ref.target, "dist": ref.dist})
         rows.append(info)
     return rows
+
+
+def _method_defaults(method: str) -> dict[str, Any]:
+    ref = methods().get(method)
+    return {p.name: p.default for p in ref.cls.schema.params} if ref else {}
+
+
+spec.use_method_defaults(_method_defaults)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Mapping
 
+from .spec import label  # noqa: F401 - the label of a configuration; tables and plots import it from here
+
 
 class RunStatus(str, Enum):
     OK = "ok"
@@ -233,46 +235,6 @@ class RunResult:
         for name in METRIC_NAMES:
             row[name] = self.metrics.get(name)
         return row
-
-
-def label(method: str, params: Mapping[str, Any]) -> str:
-    """A short name for a configuration, e.g. `rtn bits=4 group_size=64 sym=false`.
-
-    Scalars are shown (a reader compares them across rows); list parameters only when they
-    differ from the method's default, which keeps include/exclude patterns out of every label.
-    Methods with more than LONG_SCHEMA parameters (ov-weight has 17) show only the first
-    parameter and those that differ from their defaults, else labels run off the table.
-    """
-    defaults = _defaults(method)
-    long_schema = len(defaults) > LONG_SCHEMA
-    first = next(iter(defaults), None)
-    parts = [method]
-    for k, v in sorted(params.items()):
-        if v is None or (isinstance(v, (list, tuple)) and (not v or list(v) == defaults.get(k))):
-            continue
-        if long_schema and k != first and k in defaults and v == defaults[k]:
-            continue
-        if isinstance(v, bool):
-            parts.append(k if v else f"{k}=false")
-        elif isinstance(v, (list, tuple)):
-            parts.append(f"{k}={'|'.join(map(str, v))}")
-        else:
-            parts.append(f"{k}={v}")
-    return " ".join(parts)
-
-
-LONG_SCHEMA = 6
-
-
-def _defaults(method: str) -> dict[str, Any]:
-    """Every parameter's default, in schema order (hidden ones too)."""
-    try:
-        from .registry import methods
-
-        ref = methods().get(method)
-        return {p.name: p.default for p in ref.cls.schema.params} if ref else {}
-    except Exception:  # noqa: BLE001 - a label must never fail (e.g. a plug-in that no longer imports)
-        return {}
 
 
 def _json_default(o: Any) -> Any:

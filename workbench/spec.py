@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .errors import InvalidParams, InvalidSpec, ParamError
 from .params import Param, Schema
@@ -242,9 +242,8 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """Short human label: method and its non-default-looking params."""
-        ps = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.method}({ps})" if ps else self.method
+        """The configuration's short name, as tables and plots show it (`label`)."""
+        return label(self.method, self.params)
 
 
 def _model(d: Mapping[str, Any]) -> ModelSpec:
@@ -259,3 +258,53 @@ def data_key(model: ModelSpec, data: DataSpec) -> str:
     """Key of the reference (baseline) outputs: same model, same tokens."""
     blob = json.dumps({"model": asdict(model), "data": asdict(data), "protocol": PROTOCOL_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def label(method: str, params: Mapping[str, Any]) -> str:
+    """A short name for a configuration, e.g. `rtn bits=4 group_size=64 sym=false`.
+
+    Scalars are shown (a reader compares them across rows); list parameters only when they
+    differ from the method's default, which keeps include/exclude patterns out of every label.
+    Methods with more than LONG_SCHEMA parameters (ov-weight has 17) show only the first
+    parameter and those that differ from their defaults, else labels run off the table.
+    """
+    defaults = _defaults(method)
+    long_schema = len(defaults) > LONG_SCHEMA
+    first = next(iter(defaults), None)
+    parts = [method]
+    for k, v in sorted(params.items()):
+        if v is None or (isinstance(v, (list, tuple)) and (not v or list(v) == defaults.get(k))):
+            continue
+        if long_schema and k != first and k in defaults and v == defaults[k]:
+            continue
+        if isinstance(v, bool):
+            parts.append(k if v else f"{k}=false")
+        elif isinstance(v, (list, tuple)):
+            parts.append(f"{k}={'|'.join(map(str, v))}")
+        else:
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+LONG_SCHEMA = 6
+
+
+# method -> every parameter's default, in schema order (hidden ones too). The registry knows the
+# method classes and installs its lookup here when it is imported (`use_method_defaults`), so this
+# module, which workers and the store import, stays below it; until then labels show every scalar.
+_defaults_of: Callable[[str], dict[str, Any]] | None = None
+
+
+def use_method_defaults(lookup: Callable[[str], dict[str, Any]]) -> None:
+    """Where `label` finds a method's parameter defaults (the registry calls it)."""
+    global _defaults_of
+    _defaults_of = lookup
+
+
+def _defaults(method: str) -> dict[str, Any]:
+    if _defaults_of is None:
+        return {}
+    try:
+        return _defaults_of(method)
+    except Exception:  # noqa: BLE001 - a label must never fail (e.g. a plug-in that no longer imports)
+        return {}
