@@ -173,9 +173,7 @@ class Session:
             if hit is not None:
                 return hit
         ref = registry.get(spec.method)
-        bar = None
-        if progress is None and self.progress:
-            bar, progress = _progress_bar(spec)
+        bar, progress = self._progress(spec, progress)
         live = _LiveRun(self.store, spec, spec.timeout_s or getattr(self.executor, "default_timeout_s", None),
                         on_partial)
         live.start()
@@ -203,6 +201,13 @@ class Session:
         self._store(spec, result, live)
         return result
 
+    def _progress(self, spec: RunSpec, progress: Progress | None) -> tuple[Any, Progress | None]:
+        """The caller's progress callback, else (when this session shows progress) a tqdm bar's:
+        (the bar to close when the run ends, or None; the callback)."""
+        if progress is None and self.progress:
+            return _progress_bar(spec)
+        return None, progress
+
     def _store(self, spec: RunSpec, result: RunResult, live: "_LiveRun") -> None:
         from .security import spec_warnings
 
@@ -229,9 +234,7 @@ class Session:
             if hit is not None:
                 return hit
         ref = registry.get(spec.method)
-        bar = None
-        if progress is None and self.progress:
-            bar, progress = _progress_bar(spec)
+        bar, progress = self._progress(spec, progress)
         try:
             # Always a worker subprocess on this machine's CPU: an analysis quantizes one layer at a
             # time in one process, and its result is a table, not a benchmark.
