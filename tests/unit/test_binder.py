@@ -104,6 +104,8 @@ def test_postbuild_creates_the_binder_profile_then_prepares_the_catalog_models()
     assert 'WORKBENCH_HOME="${WORKBENCH_HOME:-$PWD/.workbench}"' in text
     start = (BINDER / "start").read_text()
     assert 'WORKBENCH_HOME="${REPO_DIR:-$HOME}/.workbench"' in start and "WORKBENCH_PROFILE=binder" in start
+    # The command the app gives for a missing family must install CPU torch in the running container too.
+    assert "download.pytorch.org/whl/cpu" in start
 
 
 def test_the_binder_profile_list_runs_as_postbuild_runs_it(tmp_path):
