@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import registry
+from . import registry, stages
 from .errors import DataError, InvalidParams, MethodUnavailable, ParamError, WorkbenchError
 from .exec import Executor, Progress, get_executor
 from .exec.base import Partial, PartialUpdate, accepts_partial, keep_partial
@@ -338,21 +338,10 @@ def _progress_bar(spec: RunSpec) -> tuple[Any, Progress]:
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
 
     def update(stage: str, fraction: float | None, message: str) -> None:
-        target = progress_percent(stage, fraction)
+        target = stages.percent(stage, fraction)
         if target is not None and target > bar.n:
             bar.update(target - bar.n)
         bar.set_postfix_str(f"{stage} {message}"[:50])
 
     return bar, update
 
-
-# The worker's stages in the order they happen, for a percentage (other stages only change the message).
-STAGES = ("load", "reference", "build", "quantize", "save", "perplexity", "embeddings", "latency", "done")
-
-
-def progress_percent(stage: str, fraction: float | None) -> int | None:
-    """How far a run is, 0-100, from a worker progress report (None for stages not in STAGES)."""
-    if stage not in STAGES:
-        return None
-    i = STAGES.index(stage)
-    return min(100, int(100 * (i + (fraction or 0.0)) / (len(STAGES) - 1)))

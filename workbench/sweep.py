@@ -328,7 +328,7 @@ def run(session: "Session", the_plan: SweepPlan, progress: bool = True,
     from tqdm.auto import tqdm
 
     from .result import label
-    from .session import progress_percent
+    from .stages import percent
 
     start = time.monotonic()
     done: dict[str, RunResult] = {**the_plan.stored, **the_plan.failed}
@@ -340,7 +340,7 @@ def run(session: "Session", the_plan: SweepPlan, progress: bool = True,
         name = f"{spec.model.id} {label(spec.method, spec.params)}"[:48]
 
         def report(stage: str, fraction: float | None, message: str) -> None:
-            pct = progress_percent(stage, fraction)
+            pct = percent(stage, fraction)
             bar.set_postfix_str(f"{name} {'' if pct is None else f'{pct}% '}{stage}"[:70])
 
         result = session.submit(spec, progress=report)

@@ -94,6 +94,8 @@ class BuildContext:
         return splits.calibration_samples(self.tokenizer(), replace(self.spec.data, **data_overrides))
 
     def progress(self, stage: str, fraction: float | None = None, message: str = "") -> None:
+        """Report how far the run is: `stage` one of `workbench.stages.NAMES` (the displays place
+        it), `fraction` of that stage done (0-1) or None, `message` what it is doing."""
         self._report(stage, fraction, message)
 
     def warn(self, message: str) -> None:

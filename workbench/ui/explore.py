@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from .. import protocols, registry
+from .. import protocols, registry, stages
 from ..errors import WorkbenchError
 from ..result import RunResult, label
 from .form import ParamForm
@@ -193,10 +193,8 @@ class SensitivityPanel:
             self._thread.join()
 
     def _analyse(self, model: str, method: str, params: dict[str, Any]) -> None:
-        from ..session import progress_percent
-
         def progress(stage: str, fraction: float | None, message: str) -> None:
-            pct = progress_percent(stage, fraction)
+            pct = stages.percent(stage, fraction)
             self.status.value = html.escape(f"{stage} {'' if pct is None else f'{pct}% '}{message}"[:120])
 
         try:

@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from .. import stages
 from ..exec.base import PartialUpdate
 from ..result import RunResult, RunStatus, label
-from ..session import progress_percent
 from ..spec import RunSpec
 
 STATUS_COLORS = {"ok": "#1b7f3b", "flagged": "#b36b00", "reload_mismatch": "#b36b00", "queued": "#555",
@@ -54,7 +54,7 @@ class QueueItem:
                              layout=W.Layout(border_bottom="1px solid #eee", padding="2px 0"))
 
     def progress(self, stage: str, fraction: float | None, message: str) -> None:
-        pct = progress_percent(stage, fraction)
+        pct = stages.percent(stage, fraction)
         if pct is not None and pct > self.bar.value:
             self.bar.value = pct
         self.stage.value = f"<span style='color:#0b57d0'>{html.escape(stage)}</span> {html.escape(message[:60])}"
