@@ -217,7 +217,8 @@ class Recommendation:
         from . import registry
 
         r = self.best.result
-        return registry.get(r.method).cls().code(self.model, r.params)
+        cls = registry.get(r.method).cls
+        return cls().code(self.model, cls.schema.normalize(r.params, cls.name))
 
 
 def ladder_methods() -> list[str]:

@@ -148,6 +148,8 @@ class Method(ABC):
         It must run as shown in a fresh Python session of the method's environment: start it with
         `workbench.models.snippet.loadable(model_id, self.env).line()` (`model_id = '<directory or
         hub id>'`, never the catalog name) and build calibration data with `calibration_code(...)`.
+        `params` are the normalized `Values` (the app, recommend and the contract normalize once
+        before asking); `self.values(params)` passes them through.
         """
         return f"# {self.name}: no code template yet\n"
 

@@ -208,7 +208,8 @@ class App:
             self.code.value = "# fix the parameters first"
             return
         try:
-            self.code.value = cls().code(self.models.value or "MODEL", self.params())
+            # The values the form validated, normalized once here (code() takes them as they are).
+            self.code.value = cls().code(self.models.value or "MODEL", cls.schema.normalize(self.params(), cls.name))
         except Exception as e:  # noqa: BLE001 - a template that cannot render says so
             self.code.value = f"# no code for this configuration: {e}"
 
