@@ -19,11 +19,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .context import BuildContext
 
 IMAGES = 4
 STEPS = 4
@@ -274,7 +277,7 @@ def seq_latency(kind: str, model: Any, inputs: dict, warmup: int, repeats: int) 
 
 
 # --------------------------------------------------------------------------- dispatch
-def accuracy(kind: str, pipe: Any, ctx: Any, reference: dict | None,
+def accuracy(kind: str, pipe: Any, ctx: "BuildContext", reference: dict | None,
              progress: Callable[[float], None] | None = None) -> tuple[dict, dict]:
     """(metrics, this pipeline's outputs) on the run's evaluation inputs."""
     data, seed = ctx.spec.data, ctx.spec.seed
@@ -288,7 +291,7 @@ def accuracy(kind: str, pipe: Any, ctx: Any, reference: dict | None,
     raise DataError(f"kind: got {kind!r}; no accuracy protocol for it")
 
 
-def latency(kind: str, pipe: Any, ctx: Any) -> tuple[dict, dict]:
+def latency(kind: str, pipe: Any, ctx: "BuildContext") -> tuple[dict, dict]:
     """(headline metrics, tables) of the pipeline's speed."""
     data, seed, bench = ctx.spec.data, ctx.spec.seed, ctx.spec.bench
     if kind == "text-to-image":
@@ -301,7 +304,7 @@ def latency(kind: str, pipe: Any, ctx: Any) -> tuple[dict, dict]:
     raise DataError(f"kind: got {kind!r}; no latency protocol for it")
 
 
-def processor(ctx: Any) -> Any:
+def processor(ctx: "BuildContext") -> Any:
     """The model's processor (feature extractor or image processor with the tokenizer)."""
     from transformers import AutoProcessor
 

@@ -15,12 +15,15 @@ cancel or a crash cost this analysis only.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .context import BuildContext
 
 MAX_ROWS = 256
 
 
-def analyse(ctx: Any, method: Any, params: dict) -> tuple[dict, list[dict], list[str]]:
+def analyse(ctx: "BuildContext", method: Any, params: dict) -> tuple[dict, list[dict], list[str]]:
     """(metrics, rows, notes) for `method` with normalized `params` on ctx's model."""
     import torch
 

@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import paths
 from ..envs.child import check_module
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: listing methods stays torch-free
+    from ..measure.context import BuildContext
 
 
 @dataclass
@@ -50,7 +53,7 @@ def export_dir(fmt: ExportFormat, model_id: str, key: dict[str, Any]) -> Path:
     return paths.subdir(fmt.subdir) / cache_name(model_id, json.dumps(key, sort_keys=True))
 
 
-def export_once(ctx: Any, fmt: ExportFormat, target: Path, result: type[E], args: Sequence[str] = ()) -> E:
+def export_once(ctx: "BuildContext", fmt: ExportFormat, target: Path, result: type[E], args: Sequence[str] = ()) -> E:
     """The export at `target` as a `result`, made now by `python -m fmt.module KIND SOURCE TARGET *args`
     if it is not there yet. Notes say which, followed by the notes the manifest keeps (`"notes"`)."""
     with paths.file_lock(target.with_suffix(".lock")):

@@ -23,9 +23,12 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..export_cache import Exported, ExportFormat, export_dir, export_once
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: listing methods stays torch-free
+    from ...measure.context import BuildContext
 
 IR_MANIFEST = "workbench-ir.json"
 IR_VERSION = 1
@@ -75,12 +78,12 @@ IR_FORMAT = ExportFormat(subdir="ov-ir", manifest=IR_MANIFEST, module=__name__, 
                          target="OpenVINO IR", done="an fp32 IR", reused="fp32 IR")
 
 
-def _ir_dir(ctx: Any) -> Path:
+def _ir_dir(ctx: "BuildContext") -> Path:
     return export_dir(IR_FORMAT, ctx.spec.model.id, {"model": asdict(ctx.spec.model), "kind": ctx.model_info.kind,
                                                      "versions": library_versions(), "ir": IR_VERSION})
 
 
-def exported_ir(ctx: Any) -> Exported:
+def exported_ir(ctx: "BuildContext") -> Exported:
     """The model as an fp32 OpenVINO IR (exported once, then read from the cache).
 
     The export runs optimum-intel's exporter (torch tracing through `optimum.exporters.openvino`)

@@ -25,11 +25,14 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ...envs.child import check_module
 from .. import export_cache
 from ..export_cache import ExportFormat, export_dir, export_once
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: listing methods stays torch-free
+    from ...measure.context import BuildContext
 
 MANIFEST = "workbench-onnx.json"
 EXPORT_VERSION = 1
@@ -127,7 +130,7 @@ ONNX_FORMAT = ExportFormat(subdir="onnx", manifest=MANIFEST, module=__name__, ba
                            done="fp32 ONNX", reused="fp32 ONNX export")
 
 
-def _export_dir(ctx: Any, fix_config: bool) -> Path:
+def _export_dir(ctx: "BuildContext", fix_config: bool) -> Path:
     return export_dir(ONNX_FORMAT, ctx.spec.model.id, {
         "model": asdict(ctx.spec.model), "kind": ctx.model_info.kind, "versions": library_versions(),
         "fix_config": fix_config, "export": EXPORT_VERSION})
@@ -142,7 +145,7 @@ class Exported(export_cache.Exported):
         return self.path / MODEL_FILE
 
 
-def exported(ctx: Any, fix_config: bool = True) -> Exported:
+def exported(ctx: "BuildContext", fix_config: bool = True) -> Exported:
     """The model as an fp32 ONNX graph (exported once, then read from the cache).
 
     optimum-onnx's `main_export` runs in a child process (the PyTorch model it traces must not
@@ -219,7 +222,7 @@ def save(directory: Path, file_name: str, target: Path) -> None:
     copy_side_files(directory, target)
 
 
-def new_workdir(ctx: Any, name: str, exported_dir: Path) -> Path:
+def new_workdir(ctx: "BuildContext", name: str, exported_dir: Path) -> Path:
     """A fresh directory in the run's workdir holding the export's side files, for a quantized model."""
     d = ctx.workdir / name
     shutil.rmtree(d, ignore_errors=True)
