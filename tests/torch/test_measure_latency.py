@@ -131,7 +131,10 @@ def test_generation_table_layout(tiny_lm):
     rows = latency.generation_table(
         rt, batch_size=2, prompt_lengths=[8, 16], decode_tokens=5, vocab_size=VOCAB, warmup=1, repeats=2, pad_token_id=0
     )
-    assert rt.calls == 2 * 2 * 3  # two lengths x (prefill + full) x (1 warm-up + 2 repeats)
+    # Two lengths x (prefill + full) x (1 warm-up + 2 repeats), each pair timed again (at most 3
+    # times, `until_ordered`) when a busy machine made the full generate look no slower than prefill.
+    per_pair = 2 * 3
+    assert rt.calls % per_pair == 0 and 2 * per_pair <= rt.calls <= 2 * 3 * per_pair, rt.calls
     assert [r["Prefill Length"] for r in rows] == [8, 16]
     for r in rows:
         for key in ("Batch Size", "Prefill Length", "Decode Length", "Prefill tokens/s", "Decode tokens/s",
