@@ -1,6 +1,12 @@
 """The Binder image's share of the workbench: binder/postBuild run as written, into a temporary home.
 
     .venv/bin/python benchmarks/binder.py [--keep DIR]
+    .venv/bin/python benchmarks/binder.py --memory
+
+`--memory`: instead, the app's first runs on SmolLM2 (quick protocol, as the app on Binder) with
+MEM_LIMIT=2 GiB set as JupyterHub sets it: the worker's share of the limit (`exec/memory_budget`)
+and each run's peak RSS against it, then one oversized run (batch 64 x 512 tokens), which must be
+stopped and stored as `oom`.
 
 Runs `bash binder/postBuild` from the repository root with `WORKBENCH_HOME` set to a fresh
 temporary folder and this checkout's `.venv/bin` first on PATH (the `workbench` command Binder's
@@ -43,10 +49,48 @@ def du(path: Path) -> int:
     return total
 
 
+def memory() -> None:
+    """The app's first SmolLM2 runs under MEM_LIMIT=2 GiB: share, peaks, and an oversized run."""
+    from dataclasses import replace
+
+    from workbench import protocols
+    from workbench.exec import memory_budget
+    from workbench.session import Session
+
+    os.environ["MEM_LIMIT"] = str(2 * 2**30)
+    os.environ.pop("WORKBENCH_MEMORY_LIMIT_MB", None)
+    mb = memory_budget.MB
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        session = Session(store=Path(tmp) / "binder.sqlite", progress=False)
+        budget = session.executor.budget
+        print(f"MEM_LIMIT {budget.total_bytes / mb:.0f} MB; warm starts: {session.executor.warm}")
+        quick = protocols.get("quick")
+        runs = [("baseline", {}), ("rtn", {"bits": 4}), ("torchao", {"scheme": "int8_weight_only"}),
+                ("ov-weight", {"bits": 8}), ("ov-weight", {"bits": 4})]
+        for method, params in runs:
+            share = budget.worker_bytes()
+            r = session.submit(session.make_spec("smollm2-135m", method, params, protocol="quick"), force=True)
+            peak = r.metrics.get("peak_rss_bytes") or 0
+            fits = r.ok and 0 < peak <= share
+            ok &= fits
+            print(f"{method} {params!s:<36} {r.status.value:<6} peak {peak / mb:6.0f} MB of a {share / mb:.0f} MB "
+                  f"share  {'PASS' if fits else 'FAIL'}", flush=True)
+        big = replace(quick.bench, batch_sizes=(64,), seq_len=512, accuracy=False, save=False)
+        r = session.submit(session.make_spec("smollm2-135m", "baseline", {}, bench=big, data=quick.data), force=True)
+        ok &= r.status.value == "oom"
+        print(f"baseline at batch 64 x 512: {r.status.value}: {r.error}")
+    print("all fit" if ok else "some did not fit")
+    raise SystemExit(0 if ok else 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, default=None, help="build the home here and keep it")
+    ap.add_argument("--memory", action="store_true", help="the app's first runs under MEM_LIMIT=2 GiB instead")
     args = ap.parse_args()
+    if args.memory:
+        memory()
     tmp = None
     home = args.keep
     if home is None:

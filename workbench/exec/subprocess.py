@@ -245,7 +245,7 @@ def _wait_within(proc: "subprocess.Popen | WarmProcess", timeout: float | None,
         if used > limit:
             _kill_group(proc)
             proc.wait()
-            return (f"the worker reached {used / memory_budget.MB:.0f} MB of resident memory and was stopped: "
+            return (f"the worker's memory reached {used / memory_budget.MB:.0f} MB and it was stopped: "
                     f"{budget.describe(limit)}")
 
 
