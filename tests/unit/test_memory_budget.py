@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from workbench.errors import InvalidSpec
 from workbench.exec import memory_budget
 from workbench.exec.memory_budget import MB, Budget, budget
 
@@ -13,9 +16,12 @@ def test_the_limit_comes_from_mem_limit_or_the_workbench_variable_which_wins():
     assert budget({"MEM_LIMIT": "2147483648"}) == Budget(2 * 2**30, "MEM_LIMIT")
     assert budget({"MEM_LIMIT": "2147483648", "WORKBENCH_MEMORY_LIMIT_MB": "1500"}) == \
         Budget(1500 * MB, "WORKBENCH_MEMORY_LIMIT_MB")
-    # Nonsense is no limit (as if unset), not a worker that may use 0 bytes.
-    for bad in ("", "0", "-5", "two gigabytes"):
-        assert budget({"MEM_LIMIT": bad}) is None and budget({"WORKBENCH_MEMORY_LIMIT_MB": bad}) is None
+    assert budget({"MEM_LIMIT": "", "WORKBENCH_MEMORY_LIMIT_MB": " "}) is None  # empty: unset
+    # Nonsense is refused with the variable's name: neither a worker that may use 0 bytes nor no limit.
+    for var in ("MEM_LIMIT", "WORKBENCH_MEMORY_LIMIT_MB"):
+        for bad in ("0", "-5", "two gigabytes", "nan"):
+            with pytest.raises(InvalidSpec, match=f"^{var}: got '{bad}'; allowed: a positive number"):
+                budget({var: bad})
 
 
 def test_the_worker_gets_the_limit_less_this_process_tree_and_the_server_reserve():

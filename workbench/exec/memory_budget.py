@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InvalidSpec
+
 MB = 2**20
 SERVER_RESERVE_MB = 256
 POLL_S = 0.2
@@ -53,23 +55,22 @@ class Budget:
 
 
 def budget(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Budget | None:
-    """The memory limit this session runs under, or None (no limit: workers are not watched).
-    A value that is not a positive number is ignored with no limit, as if unset."""
+    """The memory limit this session runs under, or None (unset or empty: workers are not watched).
+    A value that is not a positive number is refused (InvalidSpec naming the variable), before any
+    run: a limit silently ignored would let a run take the container down."""
     env = os.environ if environ is None else environ
-    mb = env.get("WORKBENCH_MEMORY_LIMIT_MB", "").strip()
-    if mb:
+    for var, unit in (("WORKBENCH_MEMORY_LIMIT_MB", MB), ("MEM_LIMIT", 1)):
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
         try:
-            if float(mb) > 0:
-                return Budget(int(float(mb) * MB), "WORKBENCH_MEMORY_LIMIT_MB")
+            value = float(raw)
         except ValueError:
-            pass
-    raw = env.get("MEM_LIMIT", "").strip()
-    if raw:
-        try:
-            if int(raw) > 0:
-                return Budget(int(raw), "MEM_LIMIT")
-        except ValueError:
-            pass
+            value = float("nan")
+        if not value > 0:
+            what = "a positive number of MiB" if unit == MB else "a positive number of bytes"
+            raise InvalidSpec(f"{var}: got {raw!r}; allowed: {what} (or unset: no limit)")
+        return Budget(int(value * unit), var)
     return None
 
 
