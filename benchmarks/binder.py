@@ -6,7 +6,8 @@
 `--memory`: instead, the app's first runs on SmolLM2 (quick protocol, as the app on Binder) with
 MEM_LIMIT=2 GiB set as JupyterHub sets it: the worker's share of the limit (`exec/memory_budget`)
 and each run's peak RSS against it, then one oversized run (batch 64 x 512 tokens), which must be
-stopped and stored as `oom`.
+stopped and stored as `oom`, then one more run, which must complete. Exit 1 otherwise. The process
+running it stands for the kernel (about 100 MB here; a Voila kernel with the app holds about 300).
 
 Runs `bash binder/postBuild` from the repository root with `WORKBENCH_HOME` set to a fresh
 temporary folder and this checkout's `.venv/bin` first on PATH (the `workbench` command Binder's
@@ -80,6 +81,14 @@ def memory() -> None:
         r = session.submit(session.make_spec("smollm2-135m", "baseline", {}, bench=big, data=quick.data), force=True)
         ok &= r.status.value == "oom"
         print(f"baseline at batch 64 x 512: {r.status.value}: {r.error}")
+        # The session lives on: the next run completes within its share.
+        share = budget.worker_bytes()
+        r = session.submit(session.make_spec("smollm2-135m", "rtn", {"bits": 8}, protocol="quick"), force=True)
+        peak = r.metrics.get("peak_rss_bytes") or 0
+        fits = r.ok and 0 < peak <= share
+        ok &= fits
+        print(f"then rtn {{'bits': 8}}: {r.status.value} peak {peak / mb:.0f} MB of a {share / mb:.0f} MB share  "
+              f"{'PASS' if fits else 'FAIL'}")
     print("all fit" if ok else "some did not fit")
     raise SystemExit(0 if ok else 1)
 

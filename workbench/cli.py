@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InvalidParams, InvalidSpec, MethodUnavailable, ParamError, WorkbenchError
+from . import registry  # noqa: F401 - installs the methods' defaults that shorten every label (spec.label)
 from .result import RunResult, RunStatus, label
 from .spec import BenchSpec, DataSpec, ModelSpec, fields_help, parse_fields
 

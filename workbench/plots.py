@@ -23,6 +23,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import registry  # noqa: F401 - installs the methods' defaults that shorten every label (spec.label)
 from .result import METRIC_NAMES, RunResult, RunStatus, label
 
 MB = 2**20
