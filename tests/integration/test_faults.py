@@ -90,7 +90,7 @@ def test_a_worker_over_the_containers_memory_budget_is_stored_as_oom_and_the_nex
     """With a container limit (WORKBENCH_MEMORY_LIMIT_MB here; MEM_LIMIT on Binder) each worker is
     watched against its share: one that keeps growing is stopped and stored as `oom` with the limit
     it hit, the session lives on, and the next run completes within the share."""
-    held = memory_budget.tree_rss(os.getpid())
+    held = memory_budget.tree_memory(os.getpid())
     share_mb = 1100
     monkeypatch.setenv("WORKBENCH_MEMORY_LIMIT_MB",
                        str(int(held / memory_budget.MB) + memory_budget.SERVER_RESERVE_MB + share_mb))

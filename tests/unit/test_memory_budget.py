@@ -25,8 +25,8 @@ def test_the_limit_comes_from_mem_limit_or_the_workbench_variable_which_wins():
 
 
 def test_the_worker_gets_the_limit_less_this_process_tree_and_the_server_reserve():
-    held = memory_budget.tree_rss(os.getpid())
-    assert held >= memory_budget.rss(os.getpid()) > 20 * MB  # this interpreter with pytest imported
+    held = memory_budget.tree_memory(os.getpid())
+    assert held >= memory_budget.held(os.getpid()) > 20 * MB  # this interpreter with pytest imported
     b = Budget(4096 * MB, "MEM_LIMIT")
     share = b.worker_bytes()
     expected = 4096 * MB - held - memory_budget.SERVER_RESERVE_MB * MB
@@ -37,7 +37,7 @@ def test_the_worker_gets_the_limit_less_this_process_tree_and_the_server_reserve
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"  # every page written: resident, and stays so
-        assert memory_budget.group_rss(os.getpgid(child.pid)) >= memory_budget.rss(child.pid) > 290 * MB
+        assert memory_budget.group_memory(os.getpgid(child.pid)) >= memory_budget.held(child.pid) > 290 * MB
         with_child, without = b.worker_bytes(), b.worker_bytes(exclude=child.pid)
         assert without - with_child > 250 * MB
         assert "for the worker, of the 4096 MB limit set by MEM_LIMIT" in b.describe(without)

@@ -4,7 +4,7 @@ mybinder.org runs a session in a container of at most 2 GB and says so in `MEM_L
 by JupyterHub); `WORKBENCH_MEMORY_LIMIT_MB` says the same in MiB anywhere else and wins. When the
 container goes over, the kernel's out-of-memory killer takes a process of its choosing, possibly
 the notebook kernel with the visitor's session. So, with a limit set, the executor watches each
-worker's memory (its whole process group: the reference subprocess too; see `rss` for what counts) and stops the
+worker's memory (its whole process group: the reference subprocess too; see `held` for what counts) and stops the
 run before the container is full; the run is stored as `oom` with the limit it hit, and the
 session lives on.
 
@@ -14,7 +14,7 @@ less `SERVER_RESERVE_MB` for what is outside this process tree (the Jupyter or V
 100-150 MB measured, and the page cache the container's accounting may count). The figure is
 measured, not guessed, so a kernel that grew with many plots leaves the worker less.
 
-RSS is polled (`POLL_S`): a run that allocates faster than that between two looks can still reach
+Memory is polled (`POLL_S`): a run that allocates faster than that between two looks can still reach
 the container's own limit; then the out-of-memory killer's SIGKILL is reported as `oom` too.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from ..errors import InvalidSpec
 MB = 2**20
 SERVER_RESERVE_MB = 256
 POLL_S = 0.2
-# Below this a worker cannot even import torch and load a tiny model: the limit is refused.
+# Below this a worker cannot even import torch and load a tiny model: a share is never smaller
+# (a kernel that holds nearly all of the limit then meets the container's own limit, reported as oom).
 MIN_WORKER_MB = 300
 # Under a smaller limit runs start cold: a prepared process (warm starts) holds 0.4 GB (torch) to
 # 0.7 GB (openvino) while idle, and the pages a forked run shares with it count in both processes'
@@ -46,7 +47,7 @@ class Budget:
     def worker_bytes(self, exclude: int | None = None) -> int:
         """What one worker may hold now: the total less this process tree (without `exclude`, the
         worker's own pid) and the server's reserve; never below MIN_WORKER_MB."""
-        held = tree_rss(os.getpid(), exclude=exclude)
+        held = tree_memory(os.getpid(), exclude=exclude)
         return max(MIN_WORKER_MB * MB, self.total_bytes - held - SERVER_RESERVE_MB * MB)
 
     def describe(self, worker_bytes: int) -> str:
@@ -74,7 +75,7 @@ def budget(environ: "os._Environ[str] | dict[str, str] | None" = None) -> Budget
     return None
 
 
-def rss(pid: int) -> int:
+def held(pid: int) -> int:
     """The memory of one process that a container's limit cannot take back: its proportional share
     (PSS) of anonymous and shared-memory pages, in bytes (0 when it is gone).
 
@@ -109,27 +110,27 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_rss(pid: int, exclude: int | None = None) -> int:
-    """Resident bytes of `pid` and every process below it, less the subtree of `exclude`."""
+def tree_memory(pid: int, exclude: int | None = None) -> int:
+    """`held` memory of `pid` and every process below it, less the subtree of `exclude`."""
     kids = _children()
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         if p == exclude:
             continue
-        total += rss(p)
+        total += held(p)
         todo += kids.get(p, [])
     return total
 
 
-def group_rss(pgid: int) -> int:
-    """Resident bytes of every process in process group `pgid` (a worker and what it started)."""
+def group_memory(pgid: int) -> int:
+    """`held` memory of every process in process group `pgid` (a worker and what it started)."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid:
-                total += rss(int(stat.parent.name))
+                total += held(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
     return total

@@ -241,7 +241,7 @@ def _wait_within(proc: "subprocess.Popen | WarmProcess", timeout: float | None,
         except subprocess.TimeoutExpired:
             if deadline is not None and time.monotonic() >= deadline:
                 raise
-        used = memory_budget.group_rss(proc.pid)
+        used = memory_budget.group_memory(proc.pid)
         if used > limit:
             _kill_group(proc)
             proc.wait()
